@@ -154,7 +154,9 @@ def _canonical_inputs(
         if pbc_t.shape == (3,):
             pbc_t = pbc_t.expand(num, 3)
         if pbc_t.shape != (num, 3):
-            raise ValueError(f"radius_graph: pbc must be a bool, [3] or [B={num}, 3], got {tuple(pbc_t.shape)}")
+            raise ValueError(
+                f"radius_graph: pbc must be a bool, [3] or [B={num}, 3], got {tuple(pbc_t.shape)}"
+            )
         pbc_t = pbc_t.contiguous()
     if cell_b is None:
         if bool(pbc_t.any()):
@@ -237,8 +239,10 @@ def radius_graph_reference(
             edges.append(torch.stack([j, i]) + start)
             shifts_out.append(s_t.long()[None, :] + wrap[j].long() - wrap[i].long())
     if not edges:
-        return (torch.empty(2, 0, dtype=torch.long, device=device),
-                torch.empty(0, 3, dtype=torch.long, device=device))
+        return (
+            torch.empty(2, 0, dtype=torch.long, device=device),
+            torch.empty(0, 3, dtype=torch.long, device=device),
+        )
     edge_index = torch.cat(edges, dim=1)
     shifts = torch.cat(shifts_out, dim=0)
     order = _lexsort(edge_index[1], edge_index[0], shifts)
@@ -264,5 +268,7 @@ if native() is not None:
     @torch.library.register_fake("geo3d::radius_graph")
     def _radius_graph_fake(pos, ptr, cell, pbc, cutoff, loop, bins_per_cutoff):
         num_edges = torch.library.get_ctx().new_dynamic_size()
-        return (pos.new_empty((2, num_edges), dtype=torch.long),
-                pos.new_empty((num_edges, 3), dtype=torch.long))
+        return (
+            pos.new_empty((2, num_edges), dtype=torch.long),
+            pos.new_empty((num_edges, 3), dtype=torch.long),
+        )

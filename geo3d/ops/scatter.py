@@ -8,13 +8,14 @@ two when it is).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 _REDUCE = {"sum": "sum", "add": "sum", "mean": "mean", "max": "amax", "min": "amin"}
 
 
-def scatter(src: Tensor, index: Tensor, dim: int = 0, dim_size: int | None = None, reduce: str = "sum") -> Tensor:
+def scatter(
+    src: Tensor, index: Tensor, dim: int = 0, dim_size: int | None = None, reduce: str = "sum"
+) -> Tensor:
     """Reduce ``src`` into ``dim_size`` slots along ``dim`` by ``index``.
 
     Args:

@@ -1,0 +1,135 @@
+"""Architectures (config -> module) and the models shipped with geo3d (name -> checkpoint).
+
+Every front door takes ``--model NAME|PATH``; :func:`load_model` resolves a
+shipped name or a checkpoint path, rebuilds the architecture from the
+checkpoint's config and loads the weights. Later modules add themselves with
+``@register_architecture("name")`` and an entry in ``SHIPPED``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from geo3d.checkpoint import CheckpointError, load_checkpoint
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+
+Builder = Callable[[dict[str, Any]], nn.Module]
+ARCHITECTURES: dict[str, Builder] = {}
+# Modules that register architectures when imported; imported lazily by load_model
+# so that `import geo3d` stays cheap.
+ARCHITECTURE_MODULES: list[str] = []
+
+
+def register_architecture(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: ``@register_architecture("eqgat_diff") def build(config) -> nn.Module``."""
+
+    def wrap(builder: Builder) -> Builder:
+        if name in ARCHITECTURES and ARCHITECTURES[name] is not builder:
+            raise ValueError(f"architecture {name!r} is registered twice")
+        ARCHITECTURES[name] = builder
+        return builder
+
+    return wrap
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """A checkpoint that ships inside the package (``geo3d/checkpoints/<file>``)."""
+
+    name: str
+    file: str
+    task: str
+    description: str
+
+    @property
+    def path(self) -> Path:
+        return CHECKPOINT_DIR / self.file
+
+
+SHIPPED: dict[str, ShippedModel] = {}
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """Path of a shipped model name or an existing checkpoint file.
+
+    Raises:
+        FileNotFoundError: neither a shipped name nor a file; lists the shipped names.
+    """
+    key = str(name_or_path)
+    if key in SHIPPED:
+        path = SHIPPED[key].path
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"shipped model {key!r}: its checkpoint {path} is missing from the install"
+            )
+        return path
+    path = Path(key).expanduser()
+    if path.is_file():
+        return path
+    names = ", ".join(sorted(SHIPPED)) or "none yet"
+    raise FileNotFoundError(f"{key!r} is neither a shipped model (shipped: {names}) nor a checkpoint file")
+
+
+def build_model(arch: str, config: dict[str, Any]) -> nn.Module:
+    """Instantiate a registered architecture from its config."""
+    for module in ARCHITECTURE_MODULES:
+        importlib.import_module(module)
+    if arch not in ARCHITECTURES:
+        known = ", ".join(sorted(ARCHITECTURES)) or "none"
+        raise CheckpointError(f"unknown architecture {arch!r} (this geo3d knows: {known})")
+    return ARCHITECTURES[arch](config)
+
+
+def load_model(
+    name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> nn.Module:
+    """A model ready for inference (eval mode) from a shipped name or a checkpoint path.
+
+    The checkpoint's metadata is kept on the module as ``model.geo3d_checkpoint``
+    (config, metrics, versions; no weights).
+
+    Raises:
+        FileNotFoundError: unknown name and no such file.
+        CheckpointError: not a geo3d checkpoint, incompatible version, unknown
+            architecture, or weights that do not fit the architecture.
+    """
+    path = resolve_model(name_or_path)
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt["arch"], ckpt["config"])
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit architecture {ckpt['arch']!r}: {exc}") from exc
+    model.geo3d_checkpoint = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    model.geo3d_checkpoint["path"] = str(path)
+    model = model.to(device=device)
+    if dtype is not None:
+        model = model.to(dtype=dtype)
+    return model.eval()
+
+
+def describe_shipped() -> list[dict[str, Any]]:
+    """One row per shipped model: name, task, parameters, file size, headline metric."""
+    rows = []
+    for entry in SHIPPED.values():
+        row: dict[str, Any] = {"name": entry.name, "task": entry.task, "description": entry.description}
+        try:
+            ckpt = load_checkpoint(entry.path)
+        except (FileNotFoundError, CheckpointError) as exc:
+            row.update(params=None, size_mb=None, headline=f"unreadable: {exc}")
+        else:
+            row["params"] = sum(t.numel() for t in ckpt["state_dict"].values())
+            row["size_mb"] = entry.path.stat().st_size / 2**20
+            metrics = ckpt["metrics"]
+            key = metrics.get("headline")
+            row["headline"] = f"{key}={metrics[key]:.4g}" if key in metrics else "-"
+        rows.append(row)
+    return rows

@@ -97,13 +97,15 @@ def _neighbor_report(path: Path, cutoff: float, backend: str | None, check_ase: 
         _fail(str(exc))
     all_ok = True
     for k, atoms in enumerate(frames):
-        data = atoms_to_data(atoms, source=f"{path} frame {k}")
-        t0 = time.perf_counter()
         try:
+            data = atoms_to_data(atoms, source=f"{path} frame {k}")
+            t0 = time.perf_counter()
             edge_index, shifts = radius_graph(data.pos, cutoff, cell=data.cell, pbc=data.pbc, backend=backend)
+            elapsed = time.perf_counter() - t0
+        except StructureFileError as exc:
+            _fail(str(exc))
         except (ValueError, RuntimeError) as exc:
             _fail(f"{path} frame {k}: {exc}")
-        elapsed = time.perf_counter() - t0
         n = data.pos.shape[0]
         lengths = edge_lengths(edge_vectors(data.pos, edge_index, shifts, data.cell))
         counts = torch.bincount(edge_index[1], minlength=n)

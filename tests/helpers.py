@@ -25,4 +25,7 @@ def min_height(cell: np.ndarray) -> float:
 
 
 def as_sets(edge_index: torch.Tensor, shifts: torch.Tensor) -> set[tuple[int, ...]]:
-    return {(int(j), int(i), *map(int, s)) for (j, i), s in zip(edge_index.T.tolist(), shifts.tolist(), strict=True)}
+    return {
+        (int(j), int(i), *map(int, s))
+        for (j, i), s in zip(edge_index.T.tolist(), shifts.tolist(), strict=True)
+    }

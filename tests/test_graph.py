@@ -83,7 +83,9 @@ def test_polynomial_cutoff_is_smooth_at_r_max():
 def test_spherical_harmonics_are_e3nns_and_equivariant():
     sh = SphericalHarmonics(lmax=3)
     vec = torch.randn(64, 3, dtype=torch.float64)
-    expected = o3.spherical_harmonics(o3.Irreps.spherical_harmonics(3), vec, normalize=True, normalization="component")
+    expected = o3.spherical_harmonics(
+        o3.Irreps.spherical_harmonics(3), vec, normalize=True, normalization="component"
+    )
     assert torch.allclose(sh(vec), expected)
     rot = o3.rand_matrix(dtype=torch.float64)
     d = sh.irreps_out.D_from_matrix(rot)

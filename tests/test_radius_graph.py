@@ -13,7 +13,13 @@ from geo3d.ops import canonical_order, radius_graph
 from geo3d.ops.radius_graph import complete_cell
 
 ALL_BACKENDS = ["reference", *NATIVE_BACKENDS_HERE]
-PBC_CASES = [(True, True, True), (True, False, True), (False, False, True), (False, False, False), (True, True, False)]
+PBC_CASES = [
+    (True, True, True),
+    (True, False, True),
+    (False, False, True),
+    (False, False, False),
+    (True, True, False),
+]
 
 
 def test_native_backend_is_built():
@@ -40,7 +46,9 @@ def test_matches_ase_on_random_triclinic_cells(backend, pbc):
         h = min_height(cell)
         for r in (0.3 * h, 1.1 * h, 3.0 * h):
             ours = canonical_order(
-                *radius_graph(torch.from_numpy(pos), r, cell=torch.from_numpy(cell), pbc=list(pbc), backend=backend)
+                *radius_graph(
+                    torch.from_numpy(pos), r, cell=torch.from_numpy(cell), pbc=list(pbc), backend=backend
+                )
             )
             ref = _ase_edges(pos, cell, pbc, r)
             msg = f"backend={backend} pbc={pbc} trial={trial} n={n} r={r:.3f}"
@@ -86,7 +94,9 @@ def test_edge_vectors_follow_ase_convention(backend):
     rng = np.random.default_rng(2)
     cell = random_cell(rng)
     pos = rng.uniform(-1, 2, (30, 3)) @ cell
-    edge_index, shifts = radius_graph(torch.from_numpy(pos), 4.0, cell=torch.from_numpy(cell), backend=backend)
+    edge_index, shifts = radius_graph(
+        torch.from_numpy(pos), 4.0, cell=torch.from_numpy(cell), backend=backend
+    )
     j, i = edge_index.numpy()
     vec = pos[j] - pos[i] + shifts.numpy() @ cell
     d = np.linalg.norm(vec, axis=1)
@@ -157,7 +167,10 @@ def test_max_num_neighbors_raises_instead_of_truncating():
         (dict(pos=torch.zeros(3, 3), r=1.0, batch=torch.tensor([1, 0, 0])), "sorted"),
         (dict(pos=torch.zeros(3, 3), r=1.0, pbc=True), "no cell"),
         (dict(pos=torch.zeros(3, 3), r=1.0, cell=torch.zeros(3, 3)), "singular"),
-        (dict(pos=torch.zeros(3, 3), r=1.0, cell=torch.tensor([[1.0, 0, 0], [2.0, 0, 0], [0, 0, 1.0]])), "singular"),
+        (
+            dict(pos=torch.zeros(3, 3), r=1.0, cell=torch.tensor([[1.0, 0, 0], [2.0, 0, 0], [0, 0, 1.0]])),
+            "singular",
+        ),
         (dict(pos=torch.zeros(3, 3), r=1.0, cell=torch.eye(2)), r"\[3, 3\]"),
         (dict(pos=torch.zeros(3, 3), r=1.0, cell=torch.eye(3), pbc=[True, False]), "pbc must be"),
         (dict(pos=torch.zeros(3, 3), r=1.0, backend="gpu"), "unknown backend"),

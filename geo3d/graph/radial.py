@@ -37,7 +37,9 @@ class BesselBasis(nn.Module):
 
     def forward(self, r: Tensor) -> Tensor:
         r = r.unsqueeze(-1)
-        freqs = self.freqs.to(r.dtype) if self.freqs is not None else self.n.to(r.dtype) * (math.pi / self.r_max)
+        freqs = (
+            self.freqs.to(r.dtype) if self.freqs is not None else self.n.to(r.dtype) * (math.pi / self.r_max)
+        )
         return self.prefactor * torch.sin(freqs * r) / r
 
     def extra_repr(self) -> str:

@@ -19,7 +19,8 @@ def _extensions():
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
     except ImportError:  # torch is installed first by the Makefile; without it, no native ops
         return [], {}
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    # -ffp-contract=off: no fused multiply-adds, so CPU and CUDA round (and bin) identically.
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off"]
     sources = sorted(glob.glob("cuda_ext/*.cpp"))
     with_cuda = (
         torch.version.cuda is not None

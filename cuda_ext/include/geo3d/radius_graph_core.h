@@ -19,6 +19,26 @@
 
 namespace geo3d {
 
+// A product that rounds on the device exactly as on the host. nvcc fuses
+// a * b + c into one FMA by default (and under --use_fast_math); a fused sum
+// can put a point in another bin or flip a distance test at the cutoff, and the
+// CUDA backend must return exactly the CPU backend's edges, in the same order.
+// __dmul_rn / __fmul_rn are never fused.
+G3D_HD double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+G3D_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
 // Per-graph binning plan, filled on the host by plan_graph().
 struct GraphPlan {
   double H[9];      // cell rows; non-periodic axes hold an orthonormal completion
@@ -56,7 +76,8 @@ G3D_HD bool inv3(const double* a, double* out) {
 
 // Fractional coordinates of one point: f = p @ Hinv.
 G3D_HD void to_frac(const double* Hinv, const double* p, double* f) {
-  for (int k = 0; k < 3; ++k) f[k] = p[0] * Hinv[k] + p[1] * Hinv[3 + k] + p[2] * Hinv[6 + k];
+  for (int k = 0; k < 3; ++k)
+    f[k] = mul_rn(p[0], Hinv[k]) + mul_rn(p[1], Hinv[3 + k]) + mul_rn(p[2], Hinv[6 + k]);
 }
 
 // Host-side: choose bins for one graph. frac_lo/frac_hi are the bounding box of
@@ -161,9 +182,10 @@ G3D_HD void visit_neighbors(const GraphPlan& g, int64_t i, const real* pos_w, co
           continue;
         }
         // Offset of the image: shift @ H.
-        const real o0 = static_cast<real>(s0 * g.H[0] + s1 * g.H[3] + s2 * g.H[6]);
-        const real o1 = static_cast<real>(s0 * g.H[1] + s1 * g.H[4] + s2 * g.H[7]);
-        const real o2 = static_cast<real>(s0 * g.H[2] + s1 * g.H[5] + s2 * g.H[8]);
+        const double t0 = s0, t1 = s1, t2 = s2;
+        const real o0 = static_cast<real>(mul_rn(t0, g.H[0]) + mul_rn(t1, g.H[3]) + mul_rn(t2, g.H[6]));
+        const real o1 = static_cast<real>(mul_rn(t0, g.H[1]) + mul_rn(t1, g.H[4]) + mul_rn(t2, g.H[7]));
+        const real o2 = static_cast<real>(mul_rn(t0, g.H[2]) + mul_rn(t1, g.H[5]) + mul_rn(t2, g.H[8]));
         const bool zero_shift = (s0 == 0) && (s1 == 0) && (s2 == 0);
         const int64_t bin = g.bin_offset + (static_cast<int64_t>(c0) * g.n[1] + c1) * g.n[2] + c2;
         const int64_t end = bin_start[bin + 1];
@@ -171,7 +193,7 @@ G3D_HD void visit_neighbors(const GraphPlan& g, int64_t i, const real* pos_w, co
           const real v0 = sorted_pos[3 * k] + o0 - pi0;
           const real v1 = sorted_pos[3 * k + 1] + o1 - pi1;
           const real v2 = sorted_pos[3 * k + 2] + o2 - pi2;
-          const real dd = v0 * v0 + v1 * v1 + v2 * v2;
+          const real dd = mul_rn(v0, v0) + mul_rn(v1, v1) + mul_rn(v2, v2);
           if (dd < r2) {
             const int64_t j = static_cast<int64_t>(sorted_idx[k]);
             if (!loop && zero_shift && j == i) continue;

@@ -1,0 +1,198 @@
+"""EQGAT-diff: equivariance of the denoiser, the diffusion maths, loss and sampler."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from e3nn import o3
+from torch_geometric.data import Batch, Data
+
+from geo3d.diffusion.categorical import noised_probs, posterior_probs
+from geo3d.diffusion.eqgat_diff import EQGATDiffusion
+from geo3d.diffusion.schedules import cosine_alpha_bar, snr_weight
+from geo3d.graph.fully_connected import fully_connected_edges
+
+PRIORS = {
+    "atoms": [0.5, 0, 0.35, 0.06, 0.08, 0.01] + [0] * 10,
+    "charges": [0, 0.01, 0.98, 0.01, 0, 0],
+    "bonds": [0.88, 0.1, 0.01, 0.01, 0.0],
+    "num_atoms": [0, 0, 0, 1, 1, 1, 1],
+}
+SMALL = {"num_layers": 3, "s_dim": 32, "v_dim": 8, "e_dim": 8}
+
+
+def _model(dtype=torch.float64):
+    return EQGATDiffusion({"denoiser": SMALL, "priors": PRIORS, "timesteps": 50}).to(dtype)
+
+
+def _inputs(counts, dtype=torch.float64):
+    ptr = torch.tensor([0, *torch.tensor(counts).cumsum(0).tolist()])
+    n = int(ptr[-1])
+    batch = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    edge_index, reverse = fully_connected_edges(ptr)
+    pos = torch.randn(n, 3, dtype=dtype)
+    pos = pos - torch.zeros(len(counts), 3, dtype=dtype).index_add_(0, batch, pos)[batch] / torch.tensor(
+        counts, dtype=dtype
+    )[batch].unsqueeze(-1)
+    atoms = torch.nn.functional.one_hot(torch.randint(0, 16, (n,)), 16).to(dtype)
+    charges = torch.nn.functional.one_hot(torch.randint(0, 6, (n,)), 6).to(dtype)
+    up = edge_index[0] < edge_index[1]
+    b = torch.randint(0, 5, (edge_index.shape[1],))
+    b[~up] = 0
+    b[reverse[up]] = b[up]
+    bonds = torch.nn.functional.one_hot(b, 5).to(dtype)
+    t = torch.rand(len(counts), dtype=dtype)
+    return atoms, charges, pos, bonds, t, edge_index, reverse, batch, len(counts)
+
+
+def test_fully_connected_edges_and_reverse():
+    ptr = torch.tensor([0, 3, 3, 4, 8])  # includes an empty and a single-atom graph
+    edge_index, reverse = fully_connected_edges(ptr)
+    assert edge_index.shape[1] == 3 * 2 + 0 + 0 + 4 * 3
+    assert torch.equal(edge_index[:, reverse], edge_index.flip(0))
+    graph = torch.repeat_interleave(torch.arange(4), ptr[1:] - ptr[:-1])
+    assert torch.equal(graph[edge_index[0]], graph[edge_index[1]])
+    assert not bool((edge_index[0] == edge_index[1]).any())
+    keys = edge_index[1] * 8 + edge_index[0]
+    assert bool((keys[1:] > keys[:-1]).all())  # sorted by (receiver, sender)
+
+
+@pytest.mark.parametrize("reflect", [False, True])
+def test_denoiser_is_e3_equivariant(reflect):
+    model = _model()
+    atoms, charges, pos, bonds, t, ei, rev, batch, nb = _inputs([5, 7])
+    out = model.denoiser(atoms, charges, pos, bonds, t, ei, rev, batch, nb)
+    rot = o3.rand_matrix(dtype=torch.float64)
+    if reflect:
+        rot = -rot
+    shift = torch.randn(3, dtype=torch.float64)
+    # The denoiser works on centred coordinates (the diffusion keeps them centred), so a
+    # translation is checked on the centred input: the output must not move.
+    out_r = model.denoiser(atoms, charges, pos @ rot.T, bonds, t, ei, rev, batch, nb)
+    assert torch.allclose(out_r["pos"], out["pos"] @ rot.T, atol=1e-9)
+    for key in ("atom_logits", "charge_logits", "bond_logits"):
+        assert torch.allclose(out_r[key], out[key], atol=1e-9), key
+    out_t = model.denoiser(atoms, charges, pos + shift, bonds, t, ei, rev, batch, nb)
+    assert not torch.allclose(out_t["pos"], out["pos"] + shift)  # invariants see absolute norms
+
+
+def test_sampler_output_is_translation_invariant_through_centering():
+    model = _model()
+    atoms, charges, pos, bonds, t, ei, rev, batch, nb = _inputs([6])
+    out = model.denoiser(atoms, charges, pos, bonds, t, ei, rev, batch, nb)
+    assert torch.allclose(out["pos"].mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-12)
+
+
+def test_denoiser_is_permutation_equivariant():
+    model = _model()
+    n = 7
+    atoms, charges, pos, bonds, t, ei, rev, batch, nb = _inputs([n])
+    out = model.denoiser(atoms, charges, pos, bonds, t, ei, rev, batch, nb)
+    perm = torch.randperm(n)
+
+    def dense(values):
+        m = torch.zeros(n, n, values.shape[-1], dtype=values.dtype)
+        m[ei[1], ei[0]] = values
+        return m
+
+    bonds_p = dense(bonds)[perm][:, perm][ei[1], ei[0]]
+    out_p = model.denoiser(atoms[perm], charges[perm], pos[perm], bonds_p, t, ei, rev, batch, nb)
+    assert torch.allclose(out_p["pos"], out["pos"][perm], atol=1e-10)
+    assert torch.allclose(out_p["atom_logits"], out["atom_logits"][perm], atol=1e-10)
+    assert torch.allclose(out_p["charge_logits"], out["charge_logits"][perm], atol=1e-10)
+    assert torch.allclose(dense(out_p["bond_logits"]), dense(out["bond_logits"])[perm][:, perm], atol=1e-10)
+    # Bond logits are symmetric in (i, j).
+    assert torch.allclose(out["bond_logits"], out["bond_logits"][rev], atol=1e-12)
+
+
+def test_schedule_and_weighting():
+    abar = cosine_alpha_bar(500, nu=1.0)
+    assert abar[0] == 1.0 and bool((abar[1:] < abar[:-1]).all())
+    assert float(abar[-1]) < 1e-3 and float(abar[1]) > 0.999
+    slow = cosine_alpha_bar(500, nu=2.5)
+    assert bool((slow[1:-1] >= abar[1:-1]).all())  # nu > 1 keeps the modality cleaner for longer
+    w = snr_weight(abar)
+    assert float(w[1]) == 1.5 and float(w[-1]) == 0.05
+    mid = 300
+    expected = float(abar[mid] / (1 - abar[mid]))
+    assert abs(float(w[mid]) - min(max(expected, 0.05), 1.5)) < 1e-12
+
+
+def test_categorical_posterior_is_bayes_rule():
+    """Check the closed form against explicit transition matrices."""
+    prior = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
+    a_t, a_s = 0.3, 0.7
+    k = 3
+    eye = torch.eye(k, dtype=torch.float64)
+    q_bar_s = a_s * eye + (1 - a_s) * prior  # rows: x0, cols: x_s
+    q_ts = (a_t / a_s) * eye + (1 - a_t / a_s) * prior  # rows: x_s, cols: x_t
+    p_x0 = torch.tensor([[0.2, 0.5, 0.3], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    x_t = torch.tensor([1, 2])
+    got = posterior_probs(x_t, p_x0, torch.tensor(a_t), torch.tensor(a_s), prior)
+    for row in range(2):
+        expected = torch.zeros(k, dtype=torch.float64)
+        for x0 in range(k):
+            joint = q_bar_s[x0] * q_ts[:, x_t[row]]
+            expected += p_x0[row, x0] * joint / joint.sum()
+        assert torch.allclose(got[row], expected)
+    # Marginal consistency: q(x_t | x0) from the closed form equals the matrix product.
+    q_bar_t = a_t * eye + (1 - a_t) * prior
+    assert torch.allclose(noised_probs(torch.tensor([0, 1, 2]), torch.full((3,), a_t), prior), q_bar_t)
+    assert torch.allclose(q_bar_s @ q_ts, q_bar_t)
+
+
+def _molecules():
+    # ethanol-like and water-like toy molecules with bonds in both directions
+    m1 = Data(
+        pos=torch.randn(4, 3),
+        atom_type=torch.tensor([2, 2, 4, 0]),
+        charge=torch.tensor([0, 0, 0, 0]),
+        edge_index=torch.tensor([[0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2]]),
+        bond_type=torch.tensor([1, 1, 1, 1, 1, 1]),
+        num_nodes=4,
+    )
+    m2 = Data(
+        pos=torch.randn(3, 3),
+        atom_type=torch.tensor([4, 0, 0]),
+        charge=torch.tensor([0, 0, 1]),
+        edge_index=torch.tensor([[0, 1, 0, 2], [1, 0, 2, 0]]),
+        bond_type=torch.tensor([2, 2, 1, 1]),
+        num_nodes=3,
+    )
+    return Batch.from_data_list([m1, m2])
+
+
+def test_bond_labels_cover_every_pair():
+    model = _model(torch.float32)
+    batch = _molecules()
+    ei, _ = fully_connected_edges(batch.ptr)
+    labels = model.bond_labels(batch, ei)
+    dense = torch.zeros(7, 7, dtype=torch.long)
+    dense[ei[1], ei[0]] = labels
+    assert dense[0, 1] == 1 and dense[1, 0] == 1 and dense[4, 5] == 2 and dense[6, 4] == 1
+    assert int((labels > 0).sum()) == batch.edge_index.shape[1]
+
+
+def test_loss_backward_and_sampler_shapes():
+    model = _model(torch.float32)
+    loss, parts = model.loss(_molecules(), generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and set(parts) == {"pos", "atoms", "charges", "bonds"}
+    assert all(p.grad is not None for p in model.denoiser.parameters() if p.requires_grad)
+    for sampler, steps in [("ancestral", None), ("fast", 5)]:
+        mols = model.sample(3, steps=steps, sampler=sampler, generator=torch.Generator().manual_seed(1))
+        assert len(mols) == 3
+        for m in mols:
+            n = m["atom_type"].shape[0]
+            assert 3 <= n <= 6  # drawn from the histogram's support
+            assert torch.equal(m["bonds"], m["bonds"].T) and not bool(m["bonds"].diagonal().any())
+            assert torch.allclose(m["pos"].mean(0), torch.zeros(3), atol=1e-5)
+            assert bool((m["charge"] >= -2).all() and (m["charge"] <= 3).all())
+            # Elements with zero prior mass are never sampled.
+            assert bool((torch.tensor(PRIORS["atoms"])[m["atom_type"]] > 0).all())
+    fixed = model.sample(2, num_atoms=5, steps=3)
+    assert [m["atom_type"].shape[0] for m in fixed] == [5, 5]
+    with pytest.raises(ValueError, match="steps must be"):
+        model.sample(1, steps=0)
+    with pytest.raises(ValueError, match="unknown keys"):
+        EQGATDiffusion({"priors": PRIORS, "timestep": 10})

@@ -169,5 +169,194 @@ def demo(cutoff: float = typer.Option(5.0, "--cutoff", "-r", help="Cutoff radius
     console.print("[bold green]All radius graphs match ase.neighborlist exactly.[/]")
 
 
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Experiment YAML (configs/*.yaml)."),
+    override: list[str] = typer.Option([], "--set", "-s", help="Override a field, e.g. -s train.epochs=3."),
+    device: str = typer.Option("cpu", help="cpu or cuda (cuda:K)."),
+    resume: bool = typer.Option(True, help="Continue from out_dir/last.pt when it exists."),
+    max_minutes: float | None = typer.Option(None, help="Stop cleanly (checkpoint written) after this long."),
+) -> None:
+    """Train a model from a YAML config (progress bar, atomic checkpoints, resume; torchrun for DDP)."""
+    from geo3d.train import ConfigError, load_config, make_task
+    from geo3d.train.trainer import train as run_training
+
+    try:
+        cfg = load_config(config, override)
+    except (FileNotFoundError, ConfigError) as exc:
+        _fail(str(exc))
+    best = run_training(make_task(cfg), cfg, device=device, resume=resume, max_minutes=max_minutes)
+    console.print(f"best checkpoint: {best}")
+
+
+@app.command()
+def generate(
+    model: str = typer.Option("eqgat-qm9", "--model", "-m", help="Shipped model name or checkpoint path."),
+    n: int = typer.Option(100, "-n", help="Number of molecules."),
+    output: Path = typer.Option(Path("molecules.sdf"), "--output", "-o", help="SDF file to write."),
+    steps: int | None = typer.Option(None, help="Reverse diffusion steps (default: all, 500)."),
+    sampler: str = typer.Option("ancestral", help="ancestral (DDPM) or fast (DDIM-style; use with --steps)."),
+    num_atoms: int | None = typer.Option(
+        None, help="Atoms per molecule (default: drawn from the training data)."
+    ),
+    batch_size: int = typer.Option(100, help="Molecules sampled together."),
+    seed: int = typer.Option(0, help="Random seed."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    png: Path | None = typer.Option(None, help="Also write a PNG grid of 2D depictions."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
+) -> None:
+    """Sample 3D molecules (explicit H, bonds, charges) with EQGAT-diff, write SDF, print quality metrics."""
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from geo3d.checkpoint import CheckpointError
+    from geo3d.generate import draw_grid, sample_molecules, write_sdf
+    from geo3d.metrics.molecules import evaluate_molecules, format_metrics_table
+    from geo3d.models import load_model
+
+    if sampler not in ("ancestral", "fast"):
+        _fail(f"--sampler must be 'ancestral' or 'fast', got {sampler!r}")
+    try:
+        net = load_model(model, device=device)
+    except (FileNotFoundError, CheckpointError) as exc:
+        _fail(str(exc))
+    if not hasattr(net, "sample"):
+        _fail(f"{model}: a {net.geo3d_checkpoint['task']} model, not a molecule generator")
+    t0 = time.perf_counter()
+    err = Console(stderr=True)
+    with Progress(
+        TextColumn("sampling"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=as_json,
+    ) as progress:
+        bar = progress.add_task("steps", total=None)
+
+        def tick(done: int, total: int) -> None:
+            progress.update(bar, completed=done, total=total)
+
+        try:
+            mols = sample_molecules(net, n, batch_size, steps, sampler, num_atoms, seed, progress=tick)
+        except ValueError as exc:
+            _fail(str(exc))
+    elapsed = time.perf_counter() - t0
+    write_sdf(mols, output)
+    # xTB relaxations (when tblite is installed) cost seconds per molecule: score a subset.
+    metrics = evaluate_molecules(mols, train_smiles=_load_train_smiles(net), xtb_max_molecules=20)
+    metrics["seconds"] = elapsed
+    metrics["molecules_per_second"] = n / elapsed
+    if png is not None:
+        draw_grid(mols, png)
+    if as_json:
+        print(json.dumps(metrics))
+        return
+    console.print(format_metrics_table(metrics))
+    console.print(f"wrote {n} molecules to {output} ({elapsed:.1f} s, {n / elapsed:.2f} molecules/s)")
+
+
+def _load_train_smiles(net) -> set[str] | None:
+    """Training SMILES for novelty: a gzip file next to the checkpoint (``<name>.smiles.gz``), if shipped."""
+    import gzip
+
+    path = Path(net.geo3d_checkpoint["path"])
+    smiles_path = path.with_suffix(".smiles.gz")
+    if not smiles_path.is_file():
+        return None
+    with gzip.open(smiles_path, "rt") as fh:
+        return {line.strip() for line in fh if line.strip()}
+
+
+@app.command("evaluate-molecules")
+def evaluate_molecules_command(
+    path: Path = typer.Argument(..., help="SDF of generated molecules (explicit hydrogens, 3D)."),
+    train_smiles: Path | None = typer.Option(
+        None, "--train-smiles", help="Training SMILES, one per line (first column), for novelty."
+    ),
+    reference: Path | None = typer.Option(
+        None, "--reference", help="SDF of reference molecules (e.g. the test set) for distribution distances."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
+    posebusters: bool | None = typer.Option(
+        None, "--posebusters/--no-posebusters", help="PoseBusters checks (default: when installed)."
+    ),
+    xtb: bool | None = typer.Option(
+        None, "--xtb/--no-xtb", help="GFN2-xTB relaxation energy via tblite (default: when installed)."
+    ),
+    xtb_steps: int = typer.Option(100, help="Maximum BFGS steps of the xTB relaxation."),
+    xtb_max: int | None = typer.Option(None, help="Relax only the first N valid molecules with xTB."),
+) -> None:
+    """Score the molecules of an SDF file: stability, validity, uniqueness, novelty, distances."""
+    import json
+
+    from rich.markup import escape
+
+    from geo3d.metrics.molecules import (
+        canonical_smiles_set,
+        evaluate_molecules,
+        format_metrics_table,
+        read_sdf,
+    )
+
+    err = Console(stderr=True)
+    notes: list[str] = []
+    try:
+        mols, unreadable = read_sdf(path)
+    except OSError as exc:
+        _fail(f"{path}: cannot read ({exc.strerror or exc})")
+    if not mols:
+        _fail(f"{path}: no molecule records")
+    for problem in unreadable:
+        err.print(
+            f"[yellow]warning:[/] {escape(str(problem))}; counted as invalid", highlight=False, soft_wrap=True
+        )
+    train = None
+    if train_smiles is not None:
+        try:
+            lines = train_smiles.read_text(errors="replace").splitlines()
+        except OSError as exc:
+            _fail(f"{train_smiles}: cannot read ({exc.strerror or exc})")
+        numbered = [(k, line.split()[0]) for k, line in enumerate(lines, 1) if line.strip()]
+        bad: list[int] = []
+        train = canonical_smiles_set([s for _, s in numbered], unparsable=bad)
+        if bad:
+            where = ", ".join(str(numbered[i][0]) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+            notes.append(
+                f"{train_smiles}: {len(bad)} lines are not SMILES RDKit can parse (lines {where}); ignored"
+            )
+    ref = None
+    if reference is not None:
+        try:
+            ref, ref_unreadable = read_sdf(reference)
+        except OSError as exc:
+            _fail(f"{reference}: cannot read ({exc.strerror or exc})")
+        notes += [f"{problem}; left out of the reference" for problem in ref_unreadable]
+    try:
+        metrics = evaluate_molecules(
+            mols,
+            train_smiles=train,
+            reference=ref,
+            posebusters=posebusters,
+            xtb=xtb,
+            xtb_steps=xtb_steps,
+            xtb_max_molecules=xtb_max,
+            progress=True,
+            notes=notes,
+        )
+    except ImportError as exc:
+        _fail(str(exc))
+    if as_json:
+        records = [{"record": p.record, "line": p.line, "message": p.message} for p in unreadable]
+        typer.echo(
+            json.dumps({"file": str(path), "metrics": metrics, "unreadable_records": records, "notes": notes})
+        )
+        return
+    console.print(format_metrics_table(metrics, title=str(path)))
+    for note in notes:
+        console.print(f"[dim]note: {escape(note)}[/]", highlight=False)
+
+
 if __name__ == "__main__":
     app()

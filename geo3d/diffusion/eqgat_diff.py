@@ -94,6 +94,12 @@ class EQGATDiffusion(nn.Module):
             labels[torch.searchsorted(keys, bond_keys)] = batch.bond_type
         return labels
 
+    def forward(
+        self, batch: Batch, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """The training loss (so that DistributedDataParallel sees the call); see :meth:`loss`."""
+        return self.loss(batch, generator)
+
     def loss(self, batch: Batch, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
         """Weighted x0 loss of one batch of clean molecules; returns (loss, per-part means)."""
         device = batch.pos.device

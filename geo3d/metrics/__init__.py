@@ -1,0 +1,35 @@
+"""Metrics: molecule quality (stability, validity, uniqueness, novelty, distribution distances)."""
+
+from geo3d.metrics.molecules import (
+    CORRECTED_VALENCES,
+    LEGACY_VALENCES,
+    CanonicalSmiles,
+    MoleculeStatistics,
+    UnreadableRecord,
+    canonical_smiles,
+    canonical_smiles_set,
+    distribution_distances,
+    evaluate_molecules,
+    format_metrics_table,
+    optional_packages,
+    read_sdf,
+    stability,
+    stable_atoms,
+)
+
+__all__ = [
+    "CORRECTED_VALENCES",
+    "LEGACY_VALENCES",
+    "CanonicalSmiles",
+    "MoleculeStatistics",
+    "UnreadableRecord",
+    "canonical_smiles",
+    "canonical_smiles_set",
+    "distribution_distances",
+    "evaluate_molecules",
+    "format_metrics_table",
+    "optional_packages",
+    "read_sdf",
+    "stability",
+    "stable_atoms",
+]

@@ -1,0 +1,16 @@
+"""Training: strict YAML configs, the shared loop (EMA, atomic checkpoints, resume, DDP), tasks."""
+
+from geo3d.train.config import ConfigError, ExperimentConfig, load_config
+
+TASKS = {"eqgat_diff": "geo3d.train.molecule_task:MoleculeGenerationTask"}
+
+
+def make_task(cfg: ExperimentConfig):
+    """The task object for ``cfg.task``."""
+    import importlib
+
+    module, _, cls = TASKS[cfg.task].partition(":")
+    return getattr(importlib.import_module(module), cls)(cfg)
+
+
+__all__ = ["TASKS", "ConfigError", "ExperimentConfig", "load_config", "make_task"]

@@ -1,0 +1,234 @@
+"""The shared training loop: progress, EMA, atomic checkpoints, resume, sample-based validation, DDP.
+
+One checkpoint file serves both purposes: ``state_dict`` holds the EMA weights
+(what ``geo3d.load_model`` and ``geo3d generate`` use) and ``extra.train_state``
+the raw weights, optimiser, EMA and loop position needed to resume exactly.
+``last.pt`` is rewritten every ``checkpoint_every_steps``; ``best.pt`` whenever
+validation improves the task's headline metric.
+
+Data parallel: launched with ``torchrun --nproc-per-node K geo3d train ...``
+the loop uses ``torch.distributed`` (gloo on CPU, NCCL on GPU) and a
+``DistributedSampler``; rank 0 logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from torch import nn
+from torch.utils.data import Dataset, DistributedSampler, RandomSampler
+from torch_geometric.loader import DataLoader
+
+from geo3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from geo3d.train.config import ExperimentConfig
+from geo3d.train.ema import EMA
+
+console = Console()
+
+
+class Task(Protocol):
+    """What the trainer needs from a task (molecule generation, point-cloud classification, ...)."""
+
+    arch: str
+    name: str
+    headline: str  # validation metric that selects best.pt (higher is better)
+
+    def datasets(self) -> tuple[Dataset, Dataset]: ...
+    def model_config(self, train_set: Dataset) -> dict[str, Any]: ...
+    def build_model(self, model_config: dict[str, Any]) -> nn.Module: ...
+    def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict]: ...
+    def evaluate(self, model: nn.Module, val_set: Dataset) -> dict[str, float]: ...
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _init_distributed(device: torch.device) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def train(
+    task: Task,
+    cfg: ExperimentConfig,
+    device: str = "cpu",
+    resume: bool = True,
+    max_minutes: float | None = None,
+) -> Path:
+    """Train ``task`` as ``cfg`` says; returns the path of the best (or last) checkpoint.
+
+    ``resume``: continue from ``out_dir/last.pt`` when it exists. ``max_minutes``:
+    stop cleanly (checkpoint written) after this much wall time.
+    """
+    dev = torch.device(device)
+    _init_distributed(dev)
+    rank, world = _world()
+    tc = cfg.train
+    out = Path(tc.out_dir)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    torch.manual_seed(tc.seed)
+
+    train_set, val_set = task.datasets()
+    state = None
+    if resume and last_path.is_file():
+        state = load_checkpoint(last_path)
+        if state["arch"] != task.arch:
+            raise CheckpointError(
+                f"{last_path}: holds a {state['arch']!r} model, this config trains {task.arch!r}"
+            )
+        model_config = state["config"]
+    else:
+        model_config = task.model_config(train_set)
+    model = task.build_model(model_config).to(dev)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, amsgrad=cfg.optim.amsgrad
+    )
+    ema = EMA(model, tc.ema_decay)
+    step, epoch, best = 0, 0, -math.inf
+    if state is not None:
+        ts = state["extra"]["train_state"]
+        model.load_state_dict(ts["model"])
+        optimizer.load_state_dict(ts["optimizer"])
+        ema.load_state_dict(ts["ema"])
+        step, epoch, best = ts["step"], ts["epoch"], ts["best"]
+        if rank == 0:
+            console.print(
+                f"resumed from {last_path}: epoch {epoch}, step {step}, best {task.headline}={best:.4g}"
+            )
+    ddp_model = model
+    if world > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
+
+    def save(path: Path, metrics: dict[str, Any]) -> None:
+        if rank != 0:
+            return
+        save_checkpoint(
+            path,
+            arch=task.arch,
+            task=task.name,
+            config=model_config,
+            state_dict=ema.shadow,
+            metrics={"headline": task.headline, **metrics},
+            extra={
+                "train_state": {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "ema": ema.state_dict(),
+                    "step": step,
+                    "epoch": epoch,
+                    "best": best,
+                    "experiment": cfg.model_dump(),
+                }
+            },
+        )
+
+    generator = torch.Generator(device="cpu").manual_seed(tc.seed + 1000 * rank + step)
+    start = time.monotonic()
+    steps_per_epoch = math.ceil(len(train_set) / (tc.batch_size * world))
+    stopped_early = False
+    metrics: dict[str, Any] = {}
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        disable=rank != 0,
+    ) as progress:
+        bar = progress.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=steps_per_epoch, info="")
+        while epoch < tc.epochs and not stopped_early:
+            # Deterministic shuffle per epoch, so a resumed run skips exactly the batches already seen.
+            sampler_gen = torch.Generator().manual_seed(tc.seed + epoch)
+            if world > 1:
+                sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, seed=tc.seed + epoch)
+            else:
+                sampler = RandomSampler(train_set, generator=sampler_gen)
+            loader = DataLoader(
+                train_set, batch_size=tc.batch_size, sampler=sampler, num_workers=tc.num_workers
+            )
+            done_in_epoch = step - epoch * steps_per_epoch
+            progress.update(bar, completed=done_in_epoch, description=f"epoch {epoch + 1}/{tc.epochs}")
+            ddp_model.train()
+            for k, batch in enumerate(loader):
+                if k < done_in_epoch:
+                    continue
+                batch = batch.to(dev)
+                lr = cfg.optim.lr * min(1.0, (step + 1) / max(cfg.optim.warmup_steps, 1))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss, parts = task.loss(ddp_model, batch, generator)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss at step {step} (parts: {parts})")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
+                optimizer.step()
+                ema.update(model)
+                step += 1
+                if step % tc.log_every_steps == 0:
+                    info = f"loss {float(loss):.3f} " + " ".join(f"{k}={v:.3f}" for k, v in parts.items())
+                    progress.update(bar, info=info + f" |g|={gnorm:.2f}")
+                progress.advance(bar)
+                if step % tc.checkpoint_every_steps == 0:
+                    save(last_path, metrics)
+                out_of_time = max_minutes is not None and time.monotonic() - start > 60 * max_minutes
+                if (tc.max_steps is not None and step >= tc.max_steps) or out_of_time:
+                    stopped_early = True
+                    break
+            if not stopped_early:
+                epoch += 1
+                if epoch % tc.eval_every_epochs == 0 or epoch == tc.epochs:
+                    metrics = _evaluate(task, model, ema, val_set, rank)
+                    metrics["epoch"], metrics["step"] = epoch, step
+                    score = float(metrics.get(task.headline, -math.inf))
+                    if score > best:
+                        best = score
+                        save(best_path, metrics)
+                    if rank == 0:
+                        summary = ", ".join(
+                            f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)
+                        )
+                        console.print(f"epoch {epoch}: {summary}")
+                save(last_path, metrics)
+    save(last_path, metrics)
+    if rank == 0:
+        why = "stopped (time/step limit)" if stopped_early else "finished"
+        console.print(f"{why} at epoch {epoch}, step {step}; checkpoints in {out}")
+    return best_path if best_path.is_file() else last_path
+
+
+def _evaluate(task: Task, model: nn.Module, ema: EMA, val_set: Dataset, rank: int) -> dict[str, Any]:
+    """Validation with the EMA weights swapped in (restored afterwards)."""
+    if rank != 0:
+        return {}
+    raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(ema.shadow)
+    model.eval()
+    try:
+        with torch.no_grad():
+            return task.evaluate(model, val_set)
+    finally:
+        model.load_state_dict(raw)
+        model.train()

@@ -1,5 +1,34 @@
 """Datasets and transforms; every sample is a ``torch_geometric.data.Data``."""
 
 from geo3d.data.atomistic import StructureFileError, atoms_to_data, read_structures
+from geo3d.data.geom import GeomFormatError, load_geom_drugs
+from geo3d.data.qm9 import (
+    QM9,
+    MoleculeStatistics,
+    QM9FormatError,
+    build_qm9_cache,
+    canonical_smiles,
+    midi_split,
+    molecule_statistics,
+    qm9_statistics,
+)
+from geo3d.data.sdf import SDFRecordError, load_gdb9_sdf, read_sdf
 
-__all__ = ["StructureFileError", "atoms_to_data", "read_structures"]
+__all__ = [
+    "QM9",
+    "GeomFormatError",
+    "MoleculeStatistics",
+    "QM9FormatError",
+    "SDFRecordError",
+    "StructureFileError",
+    "atoms_to_data",
+    "build_qm9_cache",
+    "canonical_smiles",
+    "load_gdb9_sdf",
+    "load_geom_drugs",
+    "midi_split",
+    "molecule_statistics",
+    "qm9_statistics",
+    "read_sdf",
+    "read_structures",
+]

@@ -188,7 +188,9 @@ def train(
                 ema.update(model)
                 step += 1
                 if step % tc.log_every_steps == 0:
-                    info = f"loss {float(loss):.3f} " + " ".join(f"{k}={v:.3f}" for k, v in parts.items())
+                    info = f"loss {float(loss.detach()):.3f} " + " ".join(
+                        f"{k}={v:.3f}" for k, v in parts.items()
+                    )
                     progress.update(bar, info=info + f" |g|={gnorm:.2f}")
                 progress.advance(bar)
                 if step % tc.checkpoint_every_steps == 0:

@@ -1,0 +1,127 @@
+"""Trainer (config errors, checkpoints, resume) and `geo3d generate` on a tiny EQGAT-diff."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from rdkit import Chem
+from rdkit.Chem import AllChem
+from typer.testing import CliRunner
+
+import geo3d
+from geo3d.checkpoint import load_checkpoint
+from geo3d.cli import app
+from geo3d.train import ConfigError, load_config, make_task
+from geo3d.train.trainer import train
+
+runner = CliRunner()
+SMILES = ["CCO", "CC(=O)O", "C#N", "CN", "OCCO", "CC=O", "C1CC1", "NC=O", "CCN", "COC", "C=CC", "OC=O"]
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"\x1b\[[0-9;]*m", "", text))
+
+
+@pytest.fixture
+def sdf_set(tmp_path):
+    path = tmp_path / "mols.sdf"
+    writer = Chem.SDWriter(str(path))
+    for k, s in enumerate(SMILES):
+        m = Chem.AddHs(Chem.MolFromSmiles(s))
+        AllChem.EmbedMolecule(m, randomSeed=k)
+        writer.write(m)
+    writer.close()
+    return path
+
+
+def _config(tmp_path, sdf_set, **train):
+    text = f"""
+task: eqgat_diff
+model:
+  denoiser: {{num_layers: 2, s_dim: 16, v_dim: 4, e_dim: 4}}
+  timesteps: 20
+data: {{dataset: sdf, path: {sdf_set}}}
+optim: {{lr: 1.0e-3}}
+train:
+  epochs: 2
+  batch_size: 4
+  out_dir: {tmp_path / "run"}
+  checkpoint_every_steps: 2
+  eval_samples: 4
+  eval_steps: 5
+"""
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_config_typos_name_the_field(tmp_path, sdf_set):
+    path = _config(tmp_path, sdf_set)
+    text = path.read_text().replace("batch_size", "batch_sise")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=r"bad\.yaml: field 'train\.batch_sise'"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"field 'train\.epochs'"):
+        load_config(path, ["train.epochs=zero"])
+    bad.write_text("task: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    result = runner.invoke(app, ["train", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 1 and "missing.yaml" in _plain(result.output)
+
+
+def test_train_resume_load_and_generate(tmp_path, sdf_set):
+    cfg = load_config(_config(tmp_path, sdf_set), ["train.max_steps=3"])
+    train(make_task(cfg), cfg)
+    last = tmp_path / "run" / "last.pt"
+    state = load_checkpoint(last)
+    assert state["extra"]["train_state"]["step"] == 3
+    # Resume: continues from step 3 to the end of 2 epochs (11 training molecules / 4 = 3 per epoch).
+    cfg = load_config(_config(tmp_path, sdf_set))
+    best = train(make_task(cfg), cfg)
+    state = load_checkpoint(last)
+    assert state["extra"]["train_state"]["step"] == 6 and state["extra"]["train_state"]["epoch"] == 2
+    assert "mol_stability" in state["metrics"]
+    assert best.name == "best.pt"
+
+    model = geo3d.load_model(best)
+    assert not model.training
+    out = tmp_path / "gen.sdf"
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            str(best),
+            "-n",
+            "5",
+            "-o",
+            str(out),
+            "--steps",
+            "4",
+            "--sampler",
+            "fast",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["n_molecules"] == 5
+    supplier = Chem.SDMolSupplier(str(out), sanitize=False, removeHs=False)
+    mols = list(supplier)
+    assert len(mols) == 5 and all(m is not None for m in mols)  # invalid ones are written and flagged
+    assert all(m.HasProp("geo3d_valid") for m in mols)
+    assert all(m.GetNumConformers() == 1 for m in mols)
+
+
+def test_generate_refuses_unknown_models(tmp_path):
+    result = runner.invoke(app, ["generate", "--model", str(tmp_path / "nope.pt")])
+    assert result.exit_code == 1 and "nope.pt" in _plain(result.output)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"a": torch.zeros(1)}, foreign)
+    result = runner.invoke(app, ["generate", "--model", str(foreign)])
+    assert result.exit_code == 1 and "not a geo3d checkpoint" in _plain(result.output)

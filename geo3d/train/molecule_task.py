@@ -77,5 +77,7 @@ class MoleculeGenerationTask:
         gen = torch.Generator().manual_seed(tc.seed)
         samples = model.sample(tc.eval_samples, steps=tc.eval_steps, sampler="fast", generator=gen)
         mols = [build_mol(m["atom_type"], m["charge"], m["bonds"], m["pos"]) for m in samples]
-        metrics = evaluate_molecules(mols, train_smiles=self.train_smiles or None, posebusters=False, xtb=False)
+        metrics = evaluate_molecules(
+            mols, train_smiles=self.train_smiles or None, posebusters=False, xtb=False
+        )
         return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}

@@ -73,12 +73,28 @@ def save_checkpoint(
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint gets normal file permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def export_checkpoint(src: str | Path, dst: str | Path, metrics: Mapping[str, Any] | None = None) -> Path:
+    """Inference-only copy of a training checkpoint: EMA weights, config and metrics, no optimiser state."""
+    ckpt = load_checkpoint(src)
+    return save_checkpoint(
+        dst,
+        arch=ckpt["arch"],
+        task=ckpt["task"],
+        config=ckpt["config"],
+        state_dict=ckpt["state_dict"],
+        metrics={**ckpt["metrics"], **(metrics or {})},
+    )
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

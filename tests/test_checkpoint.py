@@ -132,3 +132,18 @@ def test_unknown_name_lists_shipped_models(monkeypatch):
     monkeypatch.setattr(registry, "SHIPPED", {})
     with pytest.raises(FileNotFoundError, match="neither a shipped model"):
         geo3d.load_model("definitely-not-a-model")
+
+
+def test_export_drops_training_state_and_keeps_permissions(tmp_path, tiny_arch):
+    from geo3d.checkpoint import export_checkpoint
+
+    model = TinyNet(4)
+    src = _save(tmp_path / "train.pt", model, extra={"train_state": {"optimizer": {"lr": torch.ones(1000)}}})
+    dst = export_checkpoint(src, tmp_path / "ship.pt", metrics={"headline": "acc", "acc": 0.5})
+    assert dst.stat().st_size < src.stat().st_size
+    ckpt = load_checkpoint(dst)
+    assert ckpt["extra"] == {} and ckpt["metrics"]["acc"] == 0.5
+    assert torch.equal(geo3d.load_model(dst).lin.weight, model.lin.weight)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dst.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -192,6 +192,8 @@ def train(
                         f"{k}={v:.3f}" for k, v in parts.items()
                     )
                     progress.update(bar, info=info + f" |g|={gnorm:.2f}")
+                    if rank == 0 and not console.is_terminal:  # logs to a file get plain lines
+                        console.print(f"epoch {epoch + 1} step {step}: {info} |g|={gnorm:.2f}")
                 progress.advance(bar)
                 if step % tc.checkpoint_every_steps == 0:
                     save(last_path, metrics)

@@ -13,15 +13,14 @@ Files are written atomically (temporary file in the same folder, fsync,
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from geo3d.files import atomic_write
 from geo3d.version import __version__
 
 FORMAT = "geo3d.checkpoint"
@@ -66,21 +65,8 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "extra": dict(extra or {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint gets normal file permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

@@ -297,13 +297,13 @@ def evaluate_molecules_command(
         canonical_smiles_set,
         evaluate_molecules,
         format_metrics_table,
-        read_sdf,
+        read_generated_sdf,
     )
 
     err = Console(stderr=True)
     notes: list[str] = []
     try:
-        mols, unreadable = read_sdf(path)
+        mols, unreadable = read_generated_sdf(path)
     except OSError as exc:
         _fail(f"{path}: cannot read ({exc.strerror or exc})")
     if not mols:
@@ -329,7 +329,7 @@ def evaluate_molecules_command(
     ref = None
     if reference is not None:
         try:
-            ref, ref_unreadable = read_sdf(reference)
+            ref, ref_unreadable = read_generated_sdf(reference)
         except OSError as exc:
             _fail(f"{reference}: cannot read ({exc.strerror or exc})")
         notes += [f"{problem}; left out of the reference" for problem in ref_unreadable]

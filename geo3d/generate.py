@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import torch
 from rdkit import Chem
 
 from geo3d.data.molecules import build_mol
+from geo3d.files import atomic_write
 
 
 def sample_molecules(
@@ -59,11 +58,8 @@ def sanitize_report(mol: Chem.Mol) -> str:
 def write_sdf(mols: list[Chem.Mol], path: str | Path) -> Path:
     """Write every molecule (none dropped) atomically; each gets ``geo3d_valid`` and ``geo3d_error`` properties."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        writer = Chem.SDWriter(tmp)
+    with atomic_write(path) as tmp:
+        writer = Chem.SDWriter(str(tmp))
         writer.SetKekulize(False)  # bonds are already Kekulé; do not let the writer refuse a molecule
         for k, mol in enumerate(mols):
             mol = Chem.Mol(mol)
@@ -74,11 +70,6 @@ def write_sdf(mols: list[Chem.Mol], path: str | Path) -> Path:
             mol.UpdatePropertyCache(strict=False)
             writer.write(mol)
         writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

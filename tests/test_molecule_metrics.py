@@ -23,7 +23,7 @@ from geo3d.metrics import (
     distribution_distances,
     evaluate_molecules,
     format_metrics_table,
-    read_sdf,
+    read_generated_sdf,
     stability,
     stable_atoms,
 )
@@ -258,7 +258,7 @@ def _write_sdf(path, smiles: list[str], break_record: int | None = None) -> None
 def test_read_sdf_reports_broken_records(tmp_path):
     path = tmp_path / "gen.sdf"
     _write_sdf(path, ["C", "CCO", "O"], break_record=1)
-    mols, errors = read_sdf(path)
+    mols, errors = read_generated_sdf(path)
     assert len(mols) == 3 and mols[1] is None and mols[0].GetNumAtoms() == 5
     assert len(errors) == 1
     err = errors[0]

@@ -84,6 +84,7 @@ from geo3d.data.molecules import (
     MoleculeError,
     mol_to_data,
 )
+from geo3d.files import atomic_write
 
 QM9_NUM_IDS = 133_885  # rows of gdb9.sdf.csv; MiDi's split is drawn over all of them
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -509,9 +510,8 @@ def build_qm9_cache(
         "accept_resonance": accept_resonance,
     }
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    torch.save(store, tmp)
-    os.replace(tmp, path)  # atomic: readers never see a half-written cache
+    with atomic_write(path) as tmp:  # readers never see a half-written cache
+        torch.save(store, tmp)
     if verbose:
         print(format_report(report))
         print(f"  cache: {path}")

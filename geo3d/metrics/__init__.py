@@ -12,7 +12,7 @@ from geo3d.metrics.molecules import (
     evaluate_molecules,
     format_metrics_table,
     optional_packages,
-    read_sdf,
+    read_generated_sdf,
     stability,
     stable_atoms,
 )
@@ -29,7 +29,7 @@ __all__ = [
     "evaluate_molecules",
     "format_metrics_table",
     "optional_packages",
-    "read_sdf",
+    "read_generated_sdf",
     "stability",
     "stable_atoms",
 ]

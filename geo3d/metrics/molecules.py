@@ -2,7 +2,7 @@
 
 Input: RDKit molecules with **explicit hydrogens as atoms** and a 3D conformer,
 exactly as a generator predicted them (``geo3d.data.molecules.build_mol``, or an
-SDF read with ``removeHs=False, sanitize=False`` — see :func:`read_sdf`). ``None``
+SDF read with ``removeHs=False, sanitize=False`` — see :func:`read_generated_sdf`). ``None``
 stands for a record that could not be read: it counts as a molecule that is
 invalid and unstable, never as a dropped sample.
 
@@ -804,29 +804,28 @@ def _parse_block(text: str) -> tuple[Chem.Mol | None, str]:
     return None, "; ".join(lines) or "RDKit could not parse the record"
 
 
-def read_sdf(path: str | Path) -> tuple[list[Chem.Mol | None], list[UnreadableRecord]]:
+def read_generated_sdf(path: str | Path) -> tuple[list[Chem.Mol | None], list[UnreadableRecord]]:
     """Every record of an SDF file, read with ``removeHs=False, sanitize=False``.
 
     A record RDKit cannot parse is ``None`` in the list (so it is counted, as
     an invalid molecule) and described in the error list with its record
     number and starting line. Raises ``FileNotFoundError`` for a missing file.
+    Records are split by :func:`geo3d.data.sdf.iter_sdf_blocks`, as the training loader does.
     """
+    from geo3d.data.sdf import iter_sdf_blocks
+
     path = Path(path)
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such SDF file")
     mols: list[Chem.Mol | None] = []
     errors: list[UnreadableRecord] = []
-    start, block = 0, []
-    for lineno, line in enumerate([*lines, None]):
-        end_of_record = line is None or line.rstrip() == "$$$$"
-        if not end_of_record:
-            block.append(line)
-            continue
-        if line is not None or any(x.strip() for x in block):
-            mol, reason = _parse_block("\n".join([*block, "$$$$", ""]))
-            if mol is None:
-                # RDKit counts lines from the start of the record; report file lines
-                reason = re.sub(r"on line (\d+)", lambda m, s=start: f"on line {s + int(m.group(1))}", reason)
-                errors.append(UnreadableRecord(str(path), len(mols) + 1, start + 1, reason))
-            mols.append(mol)
-        start, block = lineno + 1, []
+    for record, first_line, text in iter_sdf_blocks(path):
+        mol, reason = _parse_block(text + "$$$$\n")
+        if mol is None:
+            # RDKit counts lines from the start of the record; report file lines
+            reason = re.sub(
+                r"on line (\d+)", lambda m, s=first_line: f"on line {s - 1 + int(m.group(1))}", reason
+            )
+            errors.append(UnreadableRecord(str(path), record, first_line, reason))
+        mols.append(mol)
     return mols, errors

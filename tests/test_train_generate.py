@@ -125,3 +125,38 @@ def test_generate_refuses_unknown_models(tmp_path):
     torch.save({"a": torch.zeros(1)}, foreign)
     result = runner.invoke(app, ["generate", "--model", str(foreign)])
     assert result.exit_code == 1 and "not a geo3d checkpoint" in _plain(result.output)
+
+
+@pytest.mark.slow
+def test_torchrun_data_parallel_on_cpu(tmp_path, sdf_set):
+    """Two gloo ranks train the same tiny model; rank 0 writes one checkpoint."""
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun") or str(
+        __import__("pathlib").Path(sys.executable).with_name("torchrun")
+    )
+    cfg = _config(tmp_path, sdf_set)
+    proc = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "geo3d.cli",
+            "train",
+            str(cfg),
+            "-s",
+            "train.epochs=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    # 11 training molecules, batch 4 per rank, 2 ranks: ceil(11 / 8) = 2 steps per epoch.
+    assert state["extra"]["train_state"]["step"] == 2

@@ -22,7 +22,8 @@ class MoleculeGenerationTask:
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
-        self.train_smiles: frozenset[str] = frozenset()
+        self._train_set: Dataset | None = None
+        self._train_smiles = None  # canonical training SMILES for novelty, computed once
 
     def datasets(self) -> tuple[Dataset, Dataset]:
         d = self.cfg.data
@@ -46,13 +47,13 @@ class MoleculeGenerationTask:
                 train = train[: d.limit_train]
             if d.limit_val:
                 val = val[: d.limit_val]
+        self._train_set = train
         return train, val
 
     def model_config(self, train_set: Dataset) -> dict[str, Any]:
         from geo3d.data.qm9 import molecule_statistics
 
         stats = molecule_statistics(train_set)
-        self.train_smiles = stats.smiles
         config = copy.deepcopy(self.cfg.model)
         config["priors"] = {
             "atoms": stats.atom_type_count.tolist(),
@@ -71,13 +72,17 @@ class MoleculeGenerationTask:
         return model(batch, generator)
 
     def evaluate(self, model: nn.Module, val_set: Dataset) -> dict[str, float]:
-        from geo3d.metrics.molecules import evaluate_molecules
+        from geo3d.data.qm9 import molecule_statistics
+        from geo3d.metrics.molecules import canonical_smiles_set, evaluate_molecules
+
+        if self._train_smiles is None and self._train_set is not None:
+            self._train_smiles = canonical_smiles_set(molecule_statistics(self._train_set).smiles)
 
         tc = self.cfg.train
         gen = torch.Generator().manual_seed(tc.seed)
         samples = model.sample(tc.eval_samples, steps=tc.eval_steps, sampler="fast", generator=gen)
         mols = [build_mol(m["atom_type"], m["charge"], m["bonds"], m["pos"]) for m in samples]
         metrics = evaluate_molecules(
-            mols, train_smiles=self.train_smiles or None, posebusters=False, xtb=False
+            mols, train_smiles=self._train_smiles or None, posebusters=False, xtb=False
         )
         return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}

@@ -196,3 +196,18 @@ def test_loss_backward_and_sampler_shapes():
         model.sample(1, steps=0)
     with pytest.raises(ValueError, match="unknown keys"):
         EQGATDiffusion({"priors": PRIORS, "timestep": 10})
+
+
+def test_factored_edge_mlp_equals_the_concatenated_one():
+    from geo3d.nn.eqgat import EQGATLayer
+
+    layer = EQGATLayer(8, 4, 3).double()
+    n, e = 5, 12
+    s = torch.randn(n, 8, dtype=torch.float64)
+    dist, dot = torch.rand(e, 1, dtype=torch.float64), torch.randn(e, 1, dtype=torch.float64)
+    feats = torch.randn(e, 3, dtype=torch.float64)
+    norm_p = torch.rand(n, 1, dtype=torch.float64)
+    i, j = torch.randint(0, n, (e,)), torch.randint(0, n, (e,))
+    fast = layer._edge_hidden(s, dist, dot, feats, norm_p, i, j)
+    naive = layer.edge_mlp[0](torch.cat([s[i], s[j], dist, dot, feats, norm_p[i], norm_p[j]], dim=-1))
+    assert torch.allclose(fast, naive, atol=1e-12)

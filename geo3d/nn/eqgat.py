@@ -90,6 +90,20 @@ class EQGATLayer(nn.Module):
         self.gate = nn.Sequential(nn.Linear(s_dim + v_dim, s_dim), nn.SiLU(), nn.Linear(s_dim, v_dim + s_dim))
         self.v_out = None if last else nn.Linear(v_dim, v_dim, bias=False)
 
+    def _edge_hidden(self, s: Tensor, dist: Tensor, dot: Tensor, e: Tensor, norm_p: Tensor, i: Tensor, j: Tensor):
+        """First edge-MLP layer on ``[s_i, s_j, d, p_i.p_j, e, |p_i|, |p_j|]`` without building the concatenation.
+
+        The node blocks of the weight are applied per node and gathered (N x S x S
+        work instead of E x 2S x S; E = n(n-1) per molecule); same parameters and
+        result as ``edge_mlp[0]`` on the concatenated input.
+        """
+        w, b = self.edge_mlp[0].weight, self.edge_mlp[0].bias
+        sd = self.s_dim
+        node_i = s @ w[:, :sd].T
+        node_j = s @ w[:, sd : 2 * sd].T
+        rest = torch.cat([dist, dot, e, norm_p[i], norm_p[j]], dim=-1)
+        return node_i[i] + node_j[j] + torch.addmm(b, rest, w[:, 2 * sd :].T)
+
     def forward(
         self,
         s: Tensor,
@@ -112,7 +126,7 @@ class EQGATLayer(nn.Module):
         dot = (pos[i] * pos[j]).sum(-1, keepdim=True)
         norm_p = pos.norm(dim=-1, keepdim=True)
         e = self.edge_pre(e)
-        h = self.edge_mlp(torch.cat([s[i], s[j], dist, dot, e, norm_p[i], norm_p[j]], dim=-1))
+        h = self.edge_mlp[2](torch.nn.functional.silu(self._edge_hidden(s, dist, dot, e, norm_p, i, j)))
         n_coef = self.v_dim if self.first else 2 * self.v_dim
         att, coef, e_upd, gate = torch.split(h, [self.s_dim, n_coef, self.e_dim, 1], dim=-1)
 

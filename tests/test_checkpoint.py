@@ -52,9 +52,8 @@ def test_round_trip_by_path(tmp_path, tiny_arch):
 def test_shipped_name_resolves_and_is_listed(tmp_path, tiny_arch, monkeypatch):
     monkeypatch.setattr(registry, "CHECKPOINT_DIR", tmp_path)
     _save(tmp_path / "tiny.pt", TinyNet(4), metrics={"headline": "acc", "acc": 0.9})
-    monkeypatch.setitem(
-        registry.SHIPPED, "tiny", registry.ShippedModel("tiny", "tiny.pt", "test", "a test model")
-    )
+    tiny = registry.ShippedModel("tiny", "tiny.pt", "test", "a test model")
+    monkeypatch.setattr(registry, "SHIPPED", {"tiny": tiny})
     assert isinstance(geo3d.load_model("tiny"), TinyNet)
     (row,) = registry.describe_shipped()
     assert row["name"] == "tiny" and row["params"] == 4 * 3 + 4 and row["headline"] == "acc=0.9"

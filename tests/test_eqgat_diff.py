@@ -211,3 +211,20 @@ def test_factored_edge_mlp_equals_the_concatenated_one():
     fast = layer._edge_hidden(s, dist, dot, feats, norm_p, i, j)
     naive = layer.edge_mlp[0](torch.cat([s[i], s[j], dist, dot, feats, norm_p[i], norm_p[j]], dim=-1))
     assert torch.allclose(fast, naive, atol=1e-12)
+
+
+def test_shipped_eqgat_qm9_loads_and_samples():
+    import geo3d
+    from geo3d.models import describe_shipped
+
+    model = geo3d.load_model("eqgat-qm9")
+    assert model.geo3d_checkpoint["task"] == "molecule-generation"
+    # QM9 has only H, C, N, O, F: the priors shipped in the config say so.
+    atoms = torch.tensor(model.geo3d_checkpoint["config"]["priors"]["atoms"])
+    assert set(atoms.nonzero().flatten().tolist()) == {0, 2, 3, 4, 5}
+    (mol,) = model.sample(1, num_atoms=9, steps=3, sampler="fast", generator=torch.Generator().manual_seed(0))
+    assert mol["atom_type"].shape == (9,) and set(mol["atom_type"].tolist()) <= {0, 2, 3, 4, 5}
+    rows = {r["name"]: r for r in describe_shipped()}
+    assert rows["eqgat-qm9"]["params"] > 100_000 and rows["eqgat-qm9"]["headline"].startswith(
+        "mol_stability="
+    )

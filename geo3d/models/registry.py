@@ -54,7 +54,14 @@ class ShippedModel:
         return CHECKPOINT_DIR / self.file
 
 
-SHIPPED: dict[str, ShippedModel] = {}
+SHIPPED: dict[str, ShippedModel] = {
+    "eqgat-qm9": ShippedModel(
+        "eqgat-qm9",
+        "eqgat-qm9.pt",
+        "molecule-generation",
+        "EQGAT-diff on QM9 with explicit H; 4 CPU epochs (configs/eqgat_diff_qm9_cpu.yaml)",
+    ),
+}
 
 
 def resolve_model(name_or_path: str | Path) -> Path:

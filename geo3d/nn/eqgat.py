@@ -90,7 +90,9 @@ class EQGATLayer(nn.Module):
         self.gate = nn.Sequential(nn.Linear(s_dim + v_dim, s_dim), nn.SiLU(), nn.Linear(s_dim, v_dim + s_dim))
         self.v_out = None if last else nn.Linear(v_dim, v_dim, bias=False)
 
-    def _edge_hidden(self, s: Tensor, dist: Tensor, dot: Tensor, e: Tensor, norm_p: Tensor, i: Tensor, j: Tensor):
+    def _edge_hidden(
+        self, s: Tensor, dist: Tensor, dot: Tensor, e: Tensor, norm_p: Tensor, i: Tensor, j: Tensor
+    ):
         """First edge-MLP layer on ``[s_i, s_j, d, p_i.p_j, e, |p_i|, |p_j|]`` without building the concatenation.
 
         The node blocks of the weight are applied per node and gathered (N x S x S

@@ -166,7 +166,21 @@ def _canonical_inputs(
         cell_b = cell_b.expand(num, 3, 3)
     elif cell_b.shape[0] != num:
         raise ValueError(f"radius_graph: cell has {cell_b.shape[0]} entries but there are {num} graphs")
-    binning_cell = torch.stack([complete_cell(cell_b[g], pbc_t[g], g) for g in range(num)])
+    if num > 1 and not bool(pbc_t.any()):
+        # No periodic axis anywhere: every binning frame is the identity (as complete_cell gives).
+        binning_cell = torch.eye(3, dtype=torch.float64).expand(num, 3, 3).contiguous()
+    elif num > 1 and bool(pbc_t.all()):
+        # Fully periodic batch: the cells are the binning frames; check them all at once
+        # (complete_cell's test, batched) instead of one small torch call per graph.
+        norms = cell_b.norm(dim=2)
+        gram_det = torch.linalg.det(cell_b @ cell_b.transpose(1, 2))
+        bad = (norms <= 0).any(dim=1) | (gram_det <= 1e-12 * norms.prod(dim=1) ** 2)
+        if bool(bad.any()):
+            g = int(bad.nonzero()[0])
+            complete_cell(cell_b[g], pbc_t[g], g)  # raises, naming the graph
+        binning_cell = cell_b.contiguous()
+    else:
+        binning_cell = torch.stack([complete_cell(cell_b[g], pbc_t[g], g) for g in range(num)])
     return pos, ptr, binning_cell, pbc_t
 
 
@@ -193,6 +207,11 @@ def complete_cell(cell: Tensor, pbc: Tensor, graph: int = 0) -> Tensor:
             f"radius_graph: cell of graph {graph} is singular along its periodic axes "
             f"(pbc={pbc.tolist()}, cell={cell.tolist()})"
         )
+    if len(periodic) == 3:
+        # Nothing to complete. (LAPACK's QR, even of a 3x3, can start a thread
+        # team: milliseconds on a busy machine, more than the whole graph of a
+        # small periodic system.)
+        return cell.clone()
     # Orthonormal complement of the periodic vectors from a full QR.
     q, _ = torch.linalg.qr(vecs.T, mode="complete")
     free = q[:, len(periodic) :].T

@@ -86,7 +86,7 @@ SortedPoints<real> prepare_sorted(const real* p, int64_t N, const at::Tensor& pt
       lo[k] = std::numeric_limits<double>::infinity();
       hi[k] = -std::numeric_limits<double>::infinity();
     }
-    // Fractional coordinates, wrapped on periodic axes (as prepare_bins does).
+    // Fractional coordinates, wrapped on periodic axes (as the CUDA wrap kernel does).
 #pragma omp parallel num_threads(nt)
     {
       double tlo[3], thi[3];

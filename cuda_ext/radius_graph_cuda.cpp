@@ -63,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor> radius_graph_cuda_impl(const at::Tensor& pos_
   C10_CUDA_CHECK(cuda::launch_frac_bounds(frac.data_ptr<double>(), ptr_d.data_ptr<int64_t>(), B,
                                           lo.data_ptr<double>(), hi.data_ptr<double>(), stream));
 
-  // Plan on the host, exactly as prepare_bins() does (sync 1).
+  // Plan on the host, exactly as prepare_sorted() in radius_graph_cpu.cpp does (sync 1).
   const at::Tensor lo_h = lo.cpu(), hi_h = hi.cpu();
   const int64_t* pp = ptr.data_ptr<int64_t>();
   int64_t total_bins = 0;

@@ -1,6 +1,6 @@
 // CUDA radius graph: one thread per point or centre, cell lists from
-// radius_graph_core.h. Every floating-point step mirrors prepare_bins() and
-// radius_graph_cpu_impl() operation for operation (products through mul_rn, so
+// radius_graph_core.h. Every floating-point step mirrors prepare_sorted() and
+// the scan of radius_graph_cpu.cpp operation for operation (products through mul_rn, so
 // nvcc fuses nothing), which makes bins, wraps and distance tests bit-identical
 // to the CPU op, and with them the edge list and its order.
 #include <cmath>

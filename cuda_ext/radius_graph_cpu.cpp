@@ -247,21 +247,11 @@ int64_t runs_of_bin(const SortedPoints<real>& sp, int64_t gi, int b0, int b1, in
   int64_t candidates = 0;
   runs.clear();
   for (int d0 = -g.m[0]; d0 <= g.m[0]; ++d0) {
-    int c0 = b0 + d0, s0 = 0;
-    if (g.pbc[0]) {
-      s0 = floor_div(c0, g.n[0]);
-      c0 -= s0 * g.n[0];
-    } else if (c0 < 0 || c0 >= g.n[0]) {
-      continue;
-    }
+    int c0, s0;
+    if (!neighbor_bin(g, 0, b0, d0, c0, s0)) continue;
     for (int d1 = -g.m[1]; d1 <= g.m[1]; ++d1) {
-      int c1 = b1 + d1, s1 = 0;
-      if (g.pbc[1]) {
-        s1 = floor_div(c1, g.n[1]);
-        c1 -= s1 * g.n[1];
-      } else if (c1 < 0 || c1 >= g.n[1]) {
-        continue;
-      }
+      int c1, s1;
+      if (!neighbor_bin(g, 1, b1, d1, c1, s1)) continue;
       const int64_t row = g.bin_offset + (static_cast<int64_t>(c0) * g.n[1] + c1) * g.n[2];
       const int lo2 = b2 - g.m[2], hi2 = b2 + g.m[2];
       int s_first = 0, s_last = 0;

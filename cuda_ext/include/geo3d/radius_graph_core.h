@@ -142,6 +142,19 @@ G3D_HD int floor_div(int a, int n) {
   return q;
 }
 
+// Bin b + d along axis k: wraps into [0, n) on a periodic axis (image shift in
+// `shift`); returns false when it falls off a non-periodic grid.
+G3D_HD bool neighbor_bin(const GraphPlan& g, int k, int b, int d, int& bin, int& shift) {
+  bin = b + d;
+  shift = 0;
+  if (g.pbc[k]) {
+    shift = floor_div(bin, g.n[k]);
+    bin -= shift * g.n[k];
+    return true;
+  }
+  return bin >= 0 && bin < g.n[k];
+}
+
 // Visit every neighbour (j, shift) of centre i within the cutoff.
 //   pos_w      [N, 3] wrapped positions (original order)
 //   bin3       [N, 3] bin coordinates (original order)
@@ -158,29 +171,14 @@ G3D_HD void visit_neighbors(const GraphPlan& g, int64_t i, const real* pos_w, co
   const real r2 = static_cast<real>(g.r2);
   const int b0 = bin3[3 * i], b1 = bin3[3 * i + 1], b2 = bin3[3 * i + 2];
   for (int d0 = -g.m[0]; d0 <= g.m[0]; ++d0) {
-    int c0 = b0 + d0, s0 = 0;
-    if (g.pbc[0]) {
-      s0 = floor_div(c0, g.n[0]);
-      c0 -= s0 * g.n[0];
-    } else if (c0 < 0 || c0 >= g.n[0]) {
-      continue;
-    }
+    int c0, s0;
+    if (!neighbor_bin(g, 0, b0, d0, c0, s0)) continue;
     for (int d1 = -g.m[1]; d1 <= g.m[1]; ++d1) {
-      int c1 = b1 + d1, s1 = 0;
-      if (g.pbc[1]) {
-        s1 = floor_div(c1, g.n[1]);
-        c1 -= s1 * g.n[1];
-      } else if (c1 < 0 || c1 >= g.n[1]) {
-        continue;
-      }
+      int c1, s1;
+      if (!neighbor_bin(g, 1, b1, d1, c1, s1)) continue;
       for (int d2 = -g.m[2]; d2 <= g.m[2]; ++d2) {
-        int c2 = b2 + d2, s2 = 0;
-        if (g.pbc[2]) {
-          s2 = floor_div(c2, g.n[2]);
-          c2 -= s2 * g.n[2];
-        } else if (c2 < 0 || c2 >= g.n[2]) {
-          continue;
-        }
+        int c2, s2;
+        if (!neighbor_bin(g, 2, b2, d2, c2, s2)) continue;
         // Offset of the image: shift @ H.
         const double t0 = s0, t1 = s1, t2 = s2;
         const real o0 = static_cast<real>(mul_rn(t0, g.H[0]) + mul_rn(t1, g.H[3]) + mul_rn(t2, g.H[6]));

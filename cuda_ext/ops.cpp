@@ -11,6 +11,24 @@ TORCH_LIBRARY(geo3d, m) {
   m.def(
       "radius_graph(Tensor pos, Tensor ptr, Tensor cell, Tensor pbc, float cutoff, bool loop, "
       "int bins_per_cutoff) -> (Tensor, Tensor)");
+  // Tensor product kernels over the tables of geo3d/o3/tp_plan.py (paths [P, 13] int64,
+  // cg_index [nnz, 3] int64, cg_value [nnz] float64, path_weight [P] float64). Features in
+  // e3nn's layout; w is [weight_numel] (shared) or one row per batch row / edge.
+  // Autograd (double backward included) is composed in geo3d/ops/tensor_product.py.
+  m.def(
+      "tp_forward(Tensor x1, Tensor x2, Tensor w, Tensor paths, Tensor cg_index, Tensor cg_value, "
+      "Tensor path_weight, int dim_out) -> Tensor");
+  m.def(
+      "tp_backward(Tensor x1, Tensor x2, Tensor w, Tensor grad, Tensor paths, Tensor cg_index, "
+      "Tensor cg_value, Tensor path_weight) -> (Tensor, Tensor, Tensor)");
+  // Fused convolution: out[i] = sum over e = (j -> i) of TP(x[j], sh[e], w[e]), with
+  // edge_index[0] = j (sender), edge_index[1] = i (receiver); any edge order.
+  m.def(
+      "tp_conv_forward(Tensor x, Tensor sh, Tensor w, Tensor edge_index, Tensor paths, Tensor cg_index, "
+      "Tensor cg_value, Tensor path_weight, int dim_out) -> Tensor");
+  m.def(
+      "tp_conv_backward(Tensor x, Tensor sh, Tensor w, Tensor edge_index, Tensor grad, Tensor paths, "
+      "Tensor cg_index, Tensor cg_value, Tensor path_weight) -> (Tensor, Tensor, Tensor)");
 }
 
 // The extension is imported as a Python module only to run the registrations above.

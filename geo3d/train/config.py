@@ -38,6 +38,9 @@ class TrainConfig(_Strict):
     log_every_steps: int = Field(10, ge=1)
     max_steps: int | None = Field(None, ge=1)
     num_workers: int = Field(0, ge=0)
+    # Warm start: a shipped model name or checkpoint path whose architecture config and
+    # weights (raw and EMA) seed a fresh run; ignored when out_dir already holds last.pt.
+    init_from: str | None = None
 
 
 class DataConfig(_Strict):

@@ -35,6 +35,7 @@ from torch.utils.data import Dataset, DistributedSampler, RandomSampler
 from torch_geometric.loader import DataLoader
 
 from geo3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from geo3d.models.registry import resolve_model
 from geo3d.train.config import ExperimentConfig
 from geo3d.train.ema import EMA
 
@@ -95,13 +96,30 @@ def train(
                 f"{last_path}: holds a {state['arch']!r} model, this config trains {task.arch!r}"
             )
         model_config = state["config"]
+    elif tc.init_from is not None:
+        init_path = resolve_model(tc.init_from)
+        init = load_checkpoint(init_path)
+        if init["arch"] != task.arch:
+            raise CheckpointError(
+                f"{init_path} (train.init_from): holds a {init['arch']!r} model, this config trains {task.arch!r}"
+            )
+        model_config = init["config"]
     else:
         model_config = task.model_config(train_set)
     model = task.build_model(model_config).to(dev)
+    if state is None and tc.init_from is not None:
+        try:
+            model.load_state_dict(init["state_dict"], strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{init_path} (train.init_from): weights do not fit: {exc}") from exc
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, amsgrad=cfg.optim.amsgrad
     )
     ema = EMA(model, tc.ema_decay)
+    if state is None and tc.init_from is not None:
+        ema.step = 10**6  # already-trained weights: average at the full decay from the first step
+        if rank == 0:
+            console.print(f"warm start from {init_path}")
     step, epoch, best = 0, 0, -math.inf
     if state is not None:
         ts = state["extra"]["train_state"]

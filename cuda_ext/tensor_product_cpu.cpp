@@ -1,0 +1,384 @@
+// CPU tensor product and fused tensor-product convolution (forward and backward), OpenMP.
+//
+// The maths of one row lives in geo3d/tensor_product_core.h; this file checks the
+// inputs, converts the plan tables, transposes node features to the channel-inner
+// layout once, and distributes rows over threads. Every output element is written
+// by exactly one thread in a fixed order, so results are deterministic and do not
+// depend on the number of threads:
+//  - the convolution forward walks receivers (edges grouped by receiver, in edge
+//    order), its backward walks senders (edges grouped by sender) and writes the
+//    per-edge gradients (sh, w) directly: no atomics, no [E, dim_out] messages;
+//  - gradients of shared weights are summed per fixed block of rows, then the
+//    blocks in order.
+// Double backward is composed from these two kernels in Python (the TP is
+// trilinear in x1, x2 and w; see geo3d/ops/tensor_product.py).
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "geo3d/tensor_product_core.h"
+
+namespace geo3d {
+namespace {
+
+using tp::Block;
+using tp::Plan;
+using tp::Scratch;
+
+// Blocks of shared weight gradients: a fixed count, so the summation order never
+// depends on the thread count.
+constexpr int64_t kWeightBlocks = 16;
+
+void check_tensor(const at::Tensor& t, const char* op, const char* name, int64_t dim, at::ScalarType dtype) {
+  TORCH_CHECK(t.dim() == dim, op, ": '", name, "' must have ", dim, " dimensions, got shape ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == dtype, op, ": '", name, "' must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.device().is_cpu(), op, ": '", name, "' must be on the CPU, got ", t.device());
+}
+
+void check_size(const at::Tensor& t, const char* op, const char* name, int64_t d, int64_t expected) {
+  TORCH_CHECK(t.size(d) == expected, op, ": '", name, "' has size ", t.size(d), " in dimension ", d,
+              ", expected ", expected, " (shape ", t.sizes(), ")");
+}
+
+template <typename T>
+Plan<T> make_plan(const char* op, const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
+                  const at::Tensor& path_weight, int64_t dim1, int64_t dim2, int64_t dim_out) {
+  check_tensor(paths, op, "paths", 2, at::kLong);
+  check_size(paths, op, "paths", 1, tp::kNumPathFields);
+  check_tensor(cg_index, op, "cg_index", 2, at::kLong);
+  check_tensor(cg_value, op, "cg_value", 1, at::kDouble);
+  check_tensor(path_weight, op, "path_weight", 1, at::kDouble);
+  check_size(path_weight, op, "path_weight", 0, paths.size(0));
+  check_size(cg_index, op, "cg_index", 0, cg_value.size(0));
+  Plan<T> plan;
+  plan.dim1 = int(dim1);
+  plan.dim2 = int(dim2);
+  plan.dim_out = int(dim_out);
+  const auto P = paths.contiguous();
+  const auto I = cg_index.contiguous();
+  const auto V = cg_value.contiguous();
+  const auto W = path_weight.contiguous();
+  const int64_t* pp = P.data_ptr<int64_t>();
+  for (int64_t r = 0; r < P.size(0); ++r) {
+    const int64_t* f = pp + r * tp::kNumPathFields;
+    tp::Path<T> p;
+    p.mode = int(f[tp::kMode]);
+    p.d1 = int(2 * f[tp::kL1] + 1);
+    p.d2 = int(2 * f[tp::kL2] + 1);
+    p.d3 = int(2 * f[tp::kL3] + 1);
+    p.mul1 = int(f[tp::kMul1]);
+    p.mul2 = int(f[tp::kMul2]);
+    p.mulo = int(f[tp::kMulOut]);
+    p.off1 = int(f[tp::kOff1]);
+    p.off2 = int(f[tp::kOff2]);
+    p.offo = int(f[tp::kOffOut]);
+    p.woff = f[tp::kWOff];
+    p.cg_start = int(f[tp::kCgStart]);
+    p.cg_end = int(f[tp::kCgEnd]);
+    p.pw = T(W.data_ptr<double>()[r]);
+    TORCH_CHECK(p.off1 + p.mul1 * p.d1 <= dim1 && p.off2 + p.mul2 * p.d2 <= dim2 &&
+                    p.offo + p.mulo * p.d3 <= dim_out && p.cg_end <= V.size(0) && p.cg_start <= p.cg_end,
+                op, ": path ", r, " does not fit the input/output sizes; the plan tables are corrupt");
+    TORCH_CHECK(p.mode == tp::kUVW || p.mode == tp::kUVU, op, ": path ", r, " has unknown mode ", p.mode);
+    plan.max_mul = std::max({plan.max_mul, p.mul1, p.mulo});
+    plan.max_d13 = std::max(plan.max_d13, p.d1 * p.d3);
+    if (p.woff >= 0) {
+      const int64_t n = p.mode == tp::kUVW ? int64_t(p.mul1) * p.mul2 * p.mulo : int64_t(p.mul1) * p.mul2;
+      plan.weight_numel = std::max(plan.weight_numel, p.woff + n);
+    }
+    plan.paths.push_back(p);
+  }
+  const int64_t* ip = I.data_ptr<int64_t>();
+  const double* vp = V.data_ptr<double>();
+  for (int64_t n = 0; n < V.size(0); ++n) plan.cg.push_back({int(ip[3 * n]), int(ip[3 * n + 1]), int(ip[3 * n + 2]), T(vp[n])});
+  return plan;
+}
+
+// The distinct irrep blocks of in1 and out that the paths touch.
+template <typename T>
+void plan_blocks(const Plan<T>& plan, std::vector<Block>& b1, std::vector<Block>& bo) {
+  auto add = [](std::vector<Block>& v, Block b) {
+    for (const Block& x : v)
+      if (x.off == b.off) return;
+    v.push_back(b);
+  };
+  for (const auto& p : plan.paths) {
+    add(b1, {p.off1, p.mul1, p.d1});
+    add(bo, {p.offo, p.mulo, p.d3});
+  }
+}
+
+// x [n, dim] (e3nn layout) -> [n, dim] with the touched blocks in ir_mul layout.
+template <typename T>
+at::Tensor transpose_rows(const at::Tensor& x, const std::vector<Block>& blocks) {
+  auto out = at::zeros_like(x);
+  const int64_t n = x.size(0), dim = x.size(1);
+  const T* src = x.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+#pragma omp parallel for schedule(static) if (n * dim > 65536)
+  for (int64_t r = 0; r < n; ++r) tp::to_ir_mul(blocks, src + r * dim, dst + r * dim);
+  return out;
+}
+
+// Calls f(float{}) or f(double{}); a function, not AT_DISPATCH (OpenMP pragmas cannot sit in macro arguments).
+template <typename F>
+void dispatch_float(at::ScalarType dtype, F&& f) {
+  if (dtype == at::kDouble)
+    f(double{});
+  else
+    f(float{});
+}
+
+struct Weights {
+  bool shared;
+  int64_t stride;  // elements between rows (0 when shared)
+};
+
+Weights check_weights(const char* op, const at::Tensor& w, int64_t rows, int64_t weight_numel,
+                      at::ScalarType dtype, const char* rows_name) {
+  TORCH_CHECK(w.dim() == 1 || w.dim() == 2, op, ": 'w' must be [weight_numel] (shared) or [", rows_name,
+              ", weight_numel], got shape ", w.sizes());
+  TORCH_CHECK(w.scalar_type() == dtype, op, ": 'w' must be ", dtype, " like the features, got ", w.scalar_type());
+  TORCH_CHECK(w.size(-1) >= weight_numel, op, ": 'w' has ", w.size(-1), " weights per row, the plan needs ",
+              weight_numel);
+  if (w.dim() == 2) check_size(w, op, "w", 0, rows);
+  return {w.dim() == 1, w.dim() == 1 ? 0 : w.size(1)};
+}
+
+// Counting sort of edges by one end: ptr [n + 1], perm [E] (stable: edge order kept within a node).
+void group_edges(const int64_t* node, int64_t E, int64_t n, std::vector<int64_t>& ptr, std::vector<int64_t>& perm) {
+  ptr.assign(n + 1, 0);
+  for (int64_t e = 0; e < E; ++e) ptr[node[e] + 1]++;
+  for (int64_t i = 0; i < n; ++i) ptr[i + 1] += ptr[i];
+  std::vector<int64_t> fill(ptr.begin(), ptr.end() - 1);
+  perm.resize(E);
+  for (int64_t e = 0; e < E; ++e) perm[fill[node[e]]++] = e;
+}
+
+void check_edge_index(const char* op, const at::Tensor& edge_index, int64_t num_nodes, int64_t num_edges) {
+  check_tensor(edge_index, op, "edge_index", 2, at::kLong);
+  check_size(edge_index, op, "edge_index", 0, 2);
+  check_size(edge_index, op, "edge_index", 1, num_edges);
+  if (num_edges == 0) return;
+  const auto [lo, hi] = at::aminmax(edge_index);
+  TORCH_CHECK(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < num_nodes, op, ": 'edge_index' holds node ",
+              lo.item<int64_t>() < 0 ? lo.item<int64_t>() : hi.item<int64_t>(), ", outside [0, ", num_nodes, ")");
+}
+
+// --------------------------------------------------------------------------- plain TP
+at::Tensor tp_forward_cpu(const at::Tensor& x1_, const at::Tensor& x2_, const at::Tensor& w_, const at::Tensor& paths,
+                          const at::Tensor& cg_index, const at::Tensor& cg_value, const at::Tensor& path_weight,
+                          int64_t dim_out) {
+  const char* op = "geo3d::tp_forward";
+  const auto dtype = x1_.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op, ": float32 or float64 inputs, got ", dtype);
+  check_tensor(x1_, op, "x1", 2, dtype);
+  check_tensor(x2_, op, "x2", 2, dtype);
+  check_size(x2_, op, "x2", 0, x1_.size(0));
+  const int64_t Z = x1_.size(0);
+  auto out = at::zeros({Z, dim_out}, x1_.options());
+  dispatch_float(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const auto plan = make_plan<T>(op, paths, cg_index, cg_value, path_weight, x1_.size(1), x2_.size(1), dim_out);
+    const Weights wi = check_weights(op, w_, Z, plan.weight_numel, dtype, "batch");
+    const auto x1 = x1_.contiguous(), x2 = x2_.contiguous(), w = w_.contiguous();
+    std::vector<Block> b1, bo;
+    plan_blocks(plan, b1, bo);
+    const int64_t d1 = x1.size(1), d2 = x2.size(1);
+    const T *px1 = x1.data_ptr<T>(), *px2 = x2.data_ptr<T>(), *pw = w.data_ptr<T>();
+    T* po = out.data_ptr<T>();
+#pragma omp parallel if (Z > 32)
+    {
+      Scratch<T> s(plan);
+      std::vector<T> x1t(d1), acc(dim_out);
+#pragma omp for schedule(static)
+      for (int64_t z = 0; z < Z; ++z) {
+        tp::to_ir_mul(b1, px1 + z * d1, x1t.data());
+        std::fill(acc.begin(), acc.end(), T(0));
+        tp::row_forward(plan, x1t.data(), px2 + z * d2, pw + z * wi.stride, acc.data(), s);
+        tp::from_ir_mul(bo, acc.data(), po + z * dim_out);
+      }
+    }
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_backward_cpu(const at::Tensor& x1_, const at::Tensor& x2_,
+                                                               const at::Tensor& w_, const at::Tensor& grad_,
+                                                               const at::Tensor& paths, const at::Tensor& cg_index,
+                                                               const at::Tensor& cg_value,
+                                                               const at::Tensor& path_weight) {
+  const char* op = "geo3d::tp_backward";
+  const auto dtype = x1_.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op, ": float32 or float64 inputs, got ", dtype);
+  check_tensor(x1_, op, "x1", 2, dtype);
+  check_tensor(x2_, op, "x2", 2, dtype);
+  check_tensor(grad_, op, "grad", 2, dtype);
+  const int64_t Z = x1_.size(0);
+  check_size(x2_, op, "x2", 0, Z);
+  check_size(grad_, op, "grad", 0, Z);
+  auto gx1 = at::zeros_like(x1_, at::MemoryFormat::Contiguous);
+  auto gx2 = at::zeros_like(x2_, at::MemoryFormat::Contiguous);
+  auto gw = at::zeros_like(w_, at::MemoryFormat::Contiguous);
+  dispatch_float(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t dim_out = grad_.size(1);
+    const auto plan = make_plan<T>(op, paths, cg_index, cg_value, path_weight, x1_.size(1), x2_.size(1), dim_out);
+    const Weights wi = check_weights(op, w_, Z, plan.weight_numel, dtype, "batch");
+    const auto x1 = x1_.contiguous(), x2 = x2_.contiguous(), w = w_.contiguous(), g = grad_.contiguous();
+    std::vector<Block> b1, bo;
+    plan_blocks(plan, b1, bo);
+    const int64_t d1 = x1.size(1), d2 = x2.size(1), nw = w.size(-1);
+    const T *px1 = x1.data_ptr<T>(), *px2 = x2.data_ptr<T>(), *pw = w.data_ptr<T>(), *pg = g.data_ptr<T>();
+    T *pgx1 = gx1.data_ptr<T>(), *pgx2 = gx2.data_ptr<T>(), *pgw = gw.data_ptr<T>();
+    const int64_t nblocks = wi.shared ? std::min<int64_t>(kWeightBlocks, std::max<int64_t>(Z, 1)) : 1;
+    std::vector<T> partial(wi.shared ? nblocks * nw : 0, T(0));
+    // Shared weights: rows in fixed blocks, one partial gradient per block; per-row weights: plain rows.
+    const int64_t units = wi.shared ? nblocks : Z;
+#pragma omp parallel if (Z > 32)
+    {
+      Scratch<T> s(plan);
+      std::vector<T> x1t(d1), gt(dim_out), gx1t(d1);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t unit = 0; unit < units; ++unit) {
+        const int64_t z0 = wi.shared ? unit * Z / nblocks : unit;
+        const int64_t z1 = wi.shared ? (unit + 1) * Z / nblocks : unit + 1;
+        for (int64_t z = z0; z < z1; ++z) {
+          tp::to_ir_mul(b1, px1 + z * d1, x1t.data());
+          tp::to_ir_mul(bo, pg + z * dim_out, gt.data());
+          std::fill(gx1t.begin(), gx1t.end(), T(0));
+          T* gwz = wi.shared ? partial.data() + unit * nw : pgw + z * nw;
+          tp::row_backward(plan, x1t.data(), px2 + z * d2, pw + z * wi.stride, gt.data(), gx1t.data(),
+                           pgx2 + z * d2, gwz, s);
+          tp::from_ir_mul(b1, gx1t.data(), pgx1 + z * d1);
+        }
+      }
+    }
+    for (int64_t b = 0; b < (wi.shared ? nblocks : 0); ++b)
+      for (int64_t q = 0; q < nw; ++q) pgw[q] += partial[b * nw + q];
+  });
+  return {gx1, gx2, gw};
+}
+
+// --------------------------------------------------------------------------- fused convolution
+// out[i] = sum over edges e = (j -> i) of TP(x[j], sh[e], w[e]); edge_index[0] = j, [1] = i.
+at::Tensor tp_conv_forward_cpu(const at::Tensor& x_, const at::Tensor& sh_, const at::Tensor& w_,
+                               const at::Tensor& edge_index, const at::Tensor& paths, const at::Tensor& cg_index,
+                               const at::Tensor& cg_value, const at::Tensor& path_weight, int64_t dim_out) {
+  const char* op = "geo3d::tp_conv_forward";
+  const auto dtype = x_.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op, ": float32 or float64 inputs, got ", dtype);
+  check_tensor(x_, op, "x", 2, dtype);
+  check_tensor(sh_, op, "sh", 2, dtype);
+  const int64_t N = x_.size(0), E = sh_.size(0);
+  check_edge_index(op, edge_index, N, E);
+  auto out = at::zeros({N, dim_out}, x_.options());
+  dispatch_float(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const auto plan = make_plan<T>(op, paths, cg_index, cg_value, path_weight, x_.size(1), sh_.size(1), dim_out);
+    const Weights wi = check_weights(op, w_, E, plan.weight_numel, dtype, "E");
+    std::vector<Block> b1, bo;
+    plan_blocks(plan, b1, bo);
+    const at::Tensor xt = transpose_rows<T>(x_.contiguous(), b1);
+    const auto sh = sh_.contiguous(), w = w_.contiguous(), ei = edge_index.contiguous();
+    std::vector<int64_t> ptr, perm;
+    group_edges(ei.data_ptr<int64_t>() + E, E, N, ptr, perm);
+    const int64_t d1 = xt.size(1), d2 = sh.size(1);
+    const int64_t* src = ei.data_ptr<int64_t>();
+    const T *pxt = xt.data_ptr<T>(), *psh = sh.data_ptr<T>(), *pw = w.data_ptr<T>();
+    T* po = out.data_ptr<T>();
+#pragma omp parallel if (E > 64)
+    {
+      Scratch<T> s(plan);
+      std::vector<T> acc(dim_out);
+#pragma omp for schedule(dynamic, 16)
+      for (int64_t i = 0; i < N; ++i) {
+        if (ptr[i] == ptr[i + 1]) continue;
+        std::fill(acc.begin(), acc.end(), T(0));
+        for (int64_t n = ptr[i]; n < ptr[i + 1]; ++n) {
+          const int64_t e = perm[n];
+          tp::row_forward(plan, pxt + src[e] * d1, psh + e * d2, pw + e * wi.stride, acc.data(), s);
+        }
+        tp::from_ir_mul(bo, acc.data(), po + i * dim_out);
+      }
+    }
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_conv_backward_cpu(
+    const at::Tensor& x_, const at::Tensor& sh_, const at::Tensor& w_, const at::Tensor& edge_index,
+    const at::Tensor& grad_, const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
+    const at::Tensor& path_weight) {
+  const char* op = "geo3d::tp_conv_backward";
+  const auto dtype = x_.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op, ": float32 or float64 inputs, got ", dtype);
+  check_tensor(x_, op, "x", 2, dtype);
+  check_tensor(sh_, op, "sh", 2, dtype);
+  check_tensor(grad_, op, "grad", 2, dtype);
+  const int64_t N = x_.size(0), E = sh_.size(0);
+  check_size(grad_, op, "grad", 0, N);
+  check_edge_index(op, edge_index, N, E);
+  auto gx = at::zeros_like(x_, at::MemoryFormat::Contiguous);
+  auto gsh = at::zeros_like(sh_, at::MemoryFormat::Contiguous);
+  auto gw = at::zeros_like(w_, at::MemoryFormat::Contiguous);
+  dispatch_float(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t dim_out = grad_.size(1);
+    const auto plan = make_plan<T>(op, paths, cg_index, cg_value, path_weight, x_.size(1), sh_.size(1), dim_out);
+    const Weights wi = check_weights(op, w_, E, plan.weight_numel, dtype, "E");
+    std::vector<Block> b1, bo;
+    plan_blocks(plan, b1, bo);
+    const at::Tensor xt = transpose_rows<T>(x_.contiguous(), b1);
+    const at::Tensor gt = transpose_rows<T>(grad_.contiguous(), bo);
+    const auto sh = sh_.contiguous(), w = w_.contiguous(), ei = edge_index.contiguous();
+    std::vector<int64_t> ptr, perm;
+    group_edges(ei.data_ptr<int64_t>(), E, N, ptr, perm);  // by sender
+    const int64_t d1 = xt.size(1), d2 = sh.size(1), nw = w.size(-1);
+    const int64_t* dst = ei.data_ptr<int64_t>() + E;
+    const T *pxt = xt.data_ptr<T>(), *pgt = gt.data_ptr<T>(), *psh = sh.data_ptr<T>(), *pw = w.data_ptr<T>();
+    T *pgx = gx.data_ptr<T>(), *pgsh = gsh.data_ptr<T>(), *pgw = gw.data_ptr<T>();
+    const int64_t nblocks = wi.shared ? std::min<int64_t>(kWeightBlocks, std::max<int64_t>(N, 1)) : 1;
+    std::vector<T> partial(wi.shared ? nblocks * nw : 0, T(0));
+    const int64_t units = wi.shared ? nblocks : N;
+#pragma omp parallel if (E > 64)
+    {
+      Scratch<T> s(plan);
+      std::vector<T> gxt(d1);
+#pragma omp for schedule(dynamic, wi.shared ? 1 : 16)
+      for (int64_t unit = 0; unit < units; ++unit) {
+        const int64_t j0 = wi.shared ? unit * N / nblocks : unit;
+        const int64_t j1 = wi.shared ? (unit + 1) * N / nblocks : unit + 1;
+        for (int64_t j = j0; j < j1; ++j) {
+          if (ptr[j] == ptr[j + 1]) continue;
+          std::fill(gxt.begin(), gxt.end(), T(0));
+          for (int64_t n = ptr[j]; n < ptr[j + 1]; ++n) {
+            const int64_t e = perm[n];
+            T* gwe = wi.shared ? partial.data() + unit * nw : pgw + e * nw;
+            tp::row_backward(plan, pxt + j * d1, psh + e * d2, pw + e * wi.stride, pgt + dst[e] * dim_out,
+                             gxt.data(), pgsh + e * d2, gwe, s);
+          }
+          tp::from_ir_mul(b1, gxt.data(), pgx + j * d1);
+        }
+      }
+    }
+    for (int64_t b = 0; b < (wi.shared ? nblocks : 0); ++b)
+      for (int64_t q = 0; q < nw; ++q) pgw[q] += partial[b * nw + q];
+  });
+  return {gx, gsh, gw};
+}
+
+}  // namespace
+}  // namespace geo3d
+
+TORCH_LIBRARY_IMPL(geo3d, CPU, m) {
+  m.impl("tp_forward", &geo3d::tp_forward_cpu);
+  m.impl("tp_backward", &geo3d::tp_backward_cpu);
+  m.impl("tp_conv_forward", &geo3d::tp_conv_forward_cpu);
+  m.impl("tp_conv_backward", &geo3d::tp_conv_backward_cpu);
+}

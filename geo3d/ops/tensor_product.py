@@ -1,0 +1,340 @@
+"""Tensor-product ops: ``tensor_product`` and the fused ``tensor_product_conv``, with autograd to any order.
+
+Both ops are ``torch.library.custom_op``s over a plan's tables (``TPPlan.tables``)
+with fake (meta) kernels, so they run under ``torch.compile(fullgraph=True)`` and
+pass ``torch.library.opcheck``. Backends: ``reference`` (plain torch below, the
+oracle), ``cpu`` (cuda_ext/tensor_product_cpu.cpp); picked per call as for every
+geo3d op (``backend=`` > ``$GEO3D_TP_BACKEND`` > fastest available).
+
+Derivatives. The tensor product is trilinear in ``(x1, x2, w)``, so with
+``F = TP`` and ``B = (dF/dx1, dF/dx2, dF/dw)^T g`` (the backward op):
+the backward of ``F`` is one call of ``B``; the backward of ``B`` (double
+backward, used when training on forces) is three calls of ``F`` and three of
+``B`` with one input swapped for its incoming gradient; ``B`` is itself
+differentiable, so every order is available. The same holds for the
+convolution, which is a sum of tensor products over edges.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from geo3d.o3.tp_plan import (
+    L1,
+    L2,
+    L3,
+    MODE,
+    MODE_CODE,
+    MUL1,
+    MUL2,
+    MUL_OUT,
+    OFF1,
+    OFF2,
+    OFF_OUT,
+    W_OFF,
+    dense_wigner_3j,
+)
+from geo3d.ops._native import select_backend
+
+ENV_VAR = "GEO3D_TP_BACKEND"
+_UVW = MODE_CODE["uvw"]
+
+
+def _backend(x: Tensor, backend: str) -> str:
+    return select_backend(x.device, backend or None, ENV_VAR)
+
+
+# --------------------------------------------------------------------------- reference
+class _RefPath(NamedTuple):
+    eq: str  # einsum "a,b,c,w->out" of the path
+    a: Tensor  # [Z, mul1, 2l1+1] block of x1
+    b: Tensor  # [Z, mul2, 2l2+1] block of x2
+    c: Tensor  # Wigner 3j [2l1+1, 2l2+1, 2l3+1]
+    w: Tensor  # the path's weights (ones when unweighted)
+    pw: float
+    s1: slice  # the blocks' columns in x1, x2, out and w
+    s2: slice
+    so: slice
+    sw: slice | None
+
+
+def _reference_paths(x1: Tensor, x2: Tensor, w: Tensor, paths: Tensor, path_weight: Tensor) -> list[_RefPath]:
+    """One einsum per path; an unweighted path gets weights of ones, so all paths are the same product."""
+    z = x1.shape[0]
+    zz = "z" if w.dim() == 2 else ""
+    out = []
+    for row, pw in zip(paths.tolist(), path_weight.tolist(), strict=True):
+        l1, l2, l3 = row[L1], row[L2], row[L3]
+        mul1, mul2, mulo = row[MUL1], row[MUL2], row[MUL_OUT]
+        d1, d2, d3 = 2 * l1 + 1, 2 * l2 + 1, 2 * l3 + 1
+        s1 = slice(row[OFF1], row[OFF1] + mul1 * d1)
+        s2 = slice(row[OFF2], row[OFF2] + mul2 * d2)
+        uvw = row[MODE] == _UVW
+        shape = (mul1, mul2, mulo) if uvw else (mul1, mul2)
+        if row[W_OFF] >= 0:
+            sw = slice(row[W_OFF], row[W_OFF] + math.prod(shape))
+            wp, ws = w[..., sw].reshape(*w.shape[:-1], *shape), zz
+        else:
+            sw, wp, ws = None, x1.new_ones(shape), ""
+        out.append(
+            _RefPath(
+                f"zui,zvj,ijk,{ws}uvw->zwk" if uvw else f"zui,zvj,ijk,{ws}uv->zuk",
+                x1[:, s1].reshape(z, mul1, d1),
+                x2[:, s2].reshape(z, mul2, d2),
+                dense_wigner_3j(l1, l2, l3).to(x1.dtype),
+                wp,
+                pw,
+                s1,
+                s2,
+                slice(row[OFF_OUT], row[OFF_OUT] + mulo * d3),
+                sw,
+            )
+        )
+    return out
+
+
+def tensor_product_reference(
+    x1: Tensor, x2: Tensor, w: Tensor, paths: Tensor, path_weight: Tensor, dim_out: int
+) -> Tensor:
+    """Plain-torch TP, one einsum per path with e3nn's dense Wigner 3j: ``[Z, dim_out]``.
+
+    Shapes: x1 ``[Z, irreps_in1.dim]``, x2 ``[Z, irreps_in2.dim]``, w ``[weight_numel]``
+    (shared) or ``[Z, weight_numel]``.
+    """
+    out = x1.new_zeros(x1.shape[0], dim_out)
+    for p in _reference_paths(x1, x2, w, paths, path_weight):
+        out[:, p.so] += p.pw * torch.einsum(p.eq, p.a, p.b, p.c, p.w).reshape(x1.shape[0], -1)
+    return out
+
+
+def tensor_product_backward_reference(
+    x1: Tensor, x2: Tensor, w: Tensor, grad: Tensor, paths: Tensor, path_weight: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of ``<grad, TP(x1, x2, w)>``: each path's einsum with the output and one operand swapped."""
+    gx1, gx2, gw = torch.zeros_like(x1), torch.zeros_like(x2), torch.zeros_like(w)
+    z = x1.shape[0]
+    for p in _reference_paths(x1, x2, w, paths, path_weight):
+        lhs, so = p.eq.split("->")
+        sa, sb, sc, sw = lhs.split(",")
+        g = grad[:, p.so].reshape(z, -1, p.c.shape[2])
+        gx1[:, p.s1] += p.pw * torch.einsum(f"{so},{sb},{sc},{sw}->{sa}", g, p.b, p.c, p.w).reshape(z, -1)
+        gx2[:, p.s2] += p.pw * torch.einsum(f"{so},{sa},{sc},{sw}->{sb}", g, p.a, p.c, p.w).reshape(z, -1)
+        if p.sw is not None:
+            gwp = p.pw * torch.einsum(f"{so},{sa},{sb},{sc}->{sw}", g, p.a, p.b, p.c)
+            gw[..., p.sw] += gwp.reshape(*w.shape[:-1], -1)
+    return gx1, gx2, gw
+
+
+def tensor_product_conv_reference(
+    x: Tensor, sh: Tensor, w: Tensor, edge_index: Tensor, paths: Tensor, path_weight: Tensor, dim_out: int
+) -> Tensor:
+    """Gather senders, TP per edge, ``index_add`` onto receivers: ``[N, dim_out]``."""
+    messages = tensor_product_reference(x[edge_index[0]], sh, w, paths, path_weight, dim_out)
+    return x.new_zeros(x.shape[0], dim_out).index_add_(0, edge_index[1], messages)
+
+
+def tensor_product_conv_backward_reference(
+    x: Tensor, sh: Tensor, w: Tensor, edge_index: Tensor, grad: Tensor, paths: Tensor, path_weight: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-edge gradients of the reference TP, the sender's part summed with ``index_add``."""
+    gxe, gsh, gw = tensor_product_backward_reference(
+        x[edge_index[0]], sh, w, grad[edge_index[1]], paths, path_weight
+    )
+    return torch.zeros_like(x).index_add_(0, edge_index[0], gxe), gsh, gw
+
+
+def _check_conv_inputs(x: Tensor, sh: Tensor, edge_index: Tensor) -> None:
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2 or edge_index.shape[1] != sh.shape[0]:
+        raise ValueError(
+            f"edge_index must be [2, E] with E = sh.shape[0] = {sh.shape[0]}, got {tuple(edge_index.shape)}"
+        )
+    if edge_index.numel() and (edge_index.min() < 0 or edge_index.max() >= x.shape[0]):
+        raise ValueError(f"edge_index holds nodes outside [0, {x.shape[0]}) (x has {x.shape[0]} rows)")
+
+
+# --------------------------------------------------------------------------- plain TP
+@torch.library.custom_op("geo3d::tensor_product", mutates_args=())
+def tensor_product(
+    x1: Tensor,
+    x2: Tensor,
+    w: Tensor,
+    paths: Tensor,
+    cg_index: Tensor,
+    cg_value: Tensor,
+    path_weight: Tensor,
+    dim_out: int,
+    backend: str = "",
+) -> Tensor:
+    """``TP(x1, x2, w)`` row by row: ``[Z, dim_out]`` (tables from ``TPPlan.tables``)."""
+    name = _backend(x1, backend)
+    if name == "reference":
+        return tensor_product_reference(x1, x2, w, paths, path_weight, dim_out)
+    return torch.ops.geo3d.tp_forward(x1, x2, w, paths, cg_index, cg_value, path_weight, dim_out)
+
+
+@torch.library.custom_op("geo3d::tensor_product_backward", mutates_args=())
+def tensor_product_backward(
+    x1: Tensor,
+    x2: Tensor,
+    w: Tensor,
+    grad: Tensor,
+    paths: Tensor,
+    cg_index: Tensor,
+    cg_value: Tensor,
+    path_weight: Tensor,
+    backend: str = "",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients ``(dx1, dx2, dw)`` of ``<grad, TP(x1, x2, w)>``."""
+    name = _backend(x1, backend)
+    if name == "reference":
+        return tensor_product_backward_reference(x1, x2, w, grad, paths, path_weight)
+    return torch.ops.geo3d.tp_backward(x1, x2, w, grad, paths, cg_index, cg_value, path_weight)
+
+
+@tensor_product.register_fake
+def _(x1, x2, w, paths, cg_index, cg_value, path_weight, dim_out, backend=""):
+    return x1.new_empty(x1.shape[0], dim_out)
+
+
+@tensor_product_backward.register_fake
+def _(x1, x2, w, grad, paths, cg_index, cg_value, path_weight, backend=""):
+    return torch.empty_like(x1), torch.empty_like(x2), torch.empty_like(w)
+
+
+def _tp_setup(ctx, inputs, output) -> None:
+    x1, x2, w, *tables, _dim_out, backend = inputs
+    ctx.save_for_backward(x1, x2, w)
+    ctx.tables, ctx.backend = tables, backend
+
+
+def _tp_backward(ctx, grad):
+    x1, x2, w = ctx.saved_tensors
+    gx1, gx2, gw = tensor_product_backward(x1, x2, w, grad, *ctx.tables, ctx.backend)
+    return gx1, gx2, gw, None, None, None, None, None, None
+
+
+def _tpb_setup(ctx, inputs, output) -> None:
+    x1, x2, w, grad, *tables, backend = inputs
+    ctx.save_for_backward(x1, x2, w, grad)
+    ctx.tables, ctx.backend = tables, backend
+
+
+def _tpb_backward(ctx, ggx1, ggx2, ggw):
+    x1, x2, w, g = ctx.saved_tensors
+    t, b = ctx.tables, ctx.backend
+
+    def fwd(a, c, d):
+        return tensor_product(a, c, d, *t, g.shape[1], b)
+
+    def bwd(a, c, d):
+        return tensor_product_backward(a, c, d, g, *t, b)
+
+    d_grad = fwd(ggx1, x2, w) + fwd(x1, ggx2, w) + fwd(x1, x2, ggw)
+    _, gx2_a, gw_a = bwd(ggx1, x2, w)
+    gx1_b, _, gw_b = bwd(x1, ggx2, w)
+    gx1_c, gx2_c, _ = bwd(x1, x2, ggw)
+    return gx1_b + gx1_c, gx2_a + gx2_c, gw_a + gw_b, d_grad, None, None, None, None, None
+
+
+tensor_product.register_autograd(_tp_backward, setup_context=_tp_setup)
+tensor_product_backward.register_autograd(_tpb_backward, setup_context=_tpb_setup)
+
+
+# --------------------------------------------------------------------------- fused convolution
+@torch.library.custom_op("geo3d::tensor_product_conv", mutates_args=())
+def tensor_product_conv(
+    x: Tensor,
+    sh: Tensor,
+    w: Tensor,
+    edge_index: Tensor,
+    paths: Tensor,
+    cg_index: Tensor,
+    cg_value: Tensor,
+    path_weight: Tensor,
+    dim_out: int,
+    backend: str = "",
+) -> Tensor:
+    """``out[i] = sum_{e=(j->i)} TP(x[j], sh[e], w[e])``: ``[N, dim_out]``; any edge order, deterministic."""
+    name = _backend(x, backend)
+    if name == "reference":
+        _check_conv_inputs(x, sh, edge_index)
+        return tensor_product_conv_reference(x, sh, w, edge_index, paths, path_weight, dim_out)
+    return torch.ops.geo3d.tp_conv_forward(
+        x, sh, w, edge_index, paths, cg_index, cg_value, path_weight, dim_out
+    )
+
+
+@torch.library.custom_op("geo3d::tensor_product_conv_backward", mutates_args=())
+def tensor_product_conv_backward(
+    x: Tensor,
+    sh: Tensor,
+    w: Tensor,
+    edge_index: Tensor,
+    grad: Tensor,
+    paths: Tensor,
+    cg_index: Tensor,
+    cg_value: Tensor,
+    path_weight: Tensor,
+    backend: str = "",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients ``(dx, dsh, dw)`` of ``<grad, tensor_product_conv(x, sh, w)>``."""
+    name = _backend(x, backend)
+    if name == "reference":
+        _check_conv_inputs(x, sh, edge_index)
+        return tensor_product_conv_backward_reference(x, sh, w, edge_index, grad, paths, path_weight)
+    return torch.ops.geo3d.tp_conv_backward(
+        x, sh, w, edge_index, grad, paths, cg_index, cg_value, path_weight
+    )
+
+
+@tensor_product_conv.register_fake
+def _(x, sh, w, edge_index, paths, cg_index, cg_value, path_weight, dim_out, backend=""):
+    return x.new_empty(x.shape[0], dim_out)
+
+
+@tensor_product_conv_backward.register_fake
+def _(x, sh, w, edge_index, grad, paths, cg_index, cg_value, path_weight, backend=""):
+    return torch.empty_like(x), torch.empty_like(sh), torch.empty_like(w)
+
+
+def _conv_setup(ctx, inputs, output) -> None:
+    x, sh, w, edge_index, *tables, _dim_out, backend = inputs
+    ctx.save_for_backward(x, sh, w, edge_index)
+    ctx.tables, ctx.backend = tables, backend
+
+
+def _conv_backward(ctx, grad):
+    x, sh, w, edge_index = ctx.saved_tensors
+    gx, gsh, gw = tensor_product_conv_backward(x, sh, w, edge_index, grad, *ctx.tables, ctx.backend)
+    return gx, gsh, gw, None, None, None, None, None, None, None
+
+
+def _convb_setup(ctx, inputs, output) -> None:
+    x, sh, w, edge_index, grad, *tables, backend = inputs
+    ctx.save_for_backward(x, sh, w, edge_index, grad)
+    ctx.tables, ctx.backend = tables, backend
+
+
+def _convb_backward(ctx, ggx, ggsh, ggw):
+    x, sh, w, ei, g = ctx.saved_tensors
+    t, b = ctx.tables, ctx.backend
+
+    def fwd(a, c, d):
+        return tensor_product_conv(a, c, d, ei, *t, g.shape[1], b)
+
+    def bwd(a, c, d):
+        return tensor_product_conv_backward(a, c, d, ei, g, *t, b)
+
+    d_grad = fwd(ggx, sh, w) + fwd(x, ggsh, w) + fwd(x, sh, ggw)
+    _, gsh_a, gw_a = bwd(ggx, sh, w)
+    gx_b, _, gw_b = bwd(x, ggsh, w)
+    gx_c, gsh_c, _ = bwd(x, sh, ggw)
+    return gx_b + gx_c, gsh_a + gsh_c, gw_a + gw_b, None, d_grad, None, None, None, None, None
+
+
+tensor_product_conv.register_autograd(_conv_backward, setup_context=_conv_setup)
+tensor_product_conv_backward.register_autograd(_convb_backward, setup_context=_convb_setup)

@@ -126,6 +126,8 @@ class TPPlan:
             raise ValueError(
                 f"instruction {k} {ins!r}: mode {mode!r} is not supported (geo3d kernels: {', '.join(MODES)})"
             )
+        if mode == "uvw" and not has_weight:
+            raise ValueError(f"instruction {k} {ins!r}: mode 'uvw' needs has_weight=True (as in e3nn)")
         (mul1, ir1), (_mul2, ir2), (mul_out, ir_out) = (
             self.irreps_in1[i1],
             self.irreps_in2[i2],

@@ -62,6 +62,10 @@ class _RefPath(NamedTuple):
     sw: slice | None
 
 
+def _len(s: slice) -> int:
+    return s.stop - s.start
+
+
 def _reference_paths(x1: Tensor, x2: Tensor, w: Tensor, paths: Tensor, path_weight: Tensor) -> list[_RefPath]:
     """One einsum per path; an unweighted path gets weights of ones, so all paths are the same product."""
     z = x1.shape[0]
@@ -107,7 +111,7 @@ def tensor_product_reference(
     """
     out = x1.new_zeros(x1.shape[0], dim_out)
     for p in _reference_paths(x1, x2, w, paths, path_weight):
-        out[:, p.so] += p.pw * torch.einsum(p.eq, p.a, p.b, p.c, p.w).reshape(x1.shape[0], -1)
+        out[:, p.so] += p.pw * torch.einsum(p.eq, p.a, p.b, p.c, p.w).reshape(x1.shape[0], _len(p.so))
     return out
 
 
@@ -120,12 +124,14 @@ def tensor_product_backward_reference(
     for p in _reference_paths(x1, x2, w, paths, path_weight):
         lhs, so = p.eq.split("->")
         sa, sb, sc, sw = lhs.split(",")
-        g = grad[:, p.so].reshape(z, -1, p.c.shape[2])
-        gx1[:, p.s1] += p.pw * torch.einsum(f"{so},{sb},{sc},{sw}->{sa}", g, p.b, p.c, p.w).reshape(z, -1)
-        gx2[:, p.s2] += p.pw * torch.einsum(f"{so},{sa},{sc},{sw}->{sb}", g, p.a, p.c, p.w).reshape(z, -1)
+        g = grad[:, p.so].reshape(z, _len(p.so) // p.c.shape[2], p.c.shape[2])
+        ga = torch.einsum(f"{so},{sb},{sc},{sw}->{sa}", g, p.b, p.c, p.w)
+        gx1[:, p.s1] += p.pw * ga.reshape(z, _len(p.s1))
+        gb = torch.einsum(f"{so},{sa},{sc},{sw}->{sb}", g, p.a, p.c, p.w)
+        gx2[:, p.s2] += p.pw * gb.reshape(z, _len(p.s2))
         if p.sw is not None:
             gwp = p.pw * torch.einsum(f"{so},{sa},{sb},{sc}->{sw}", g, p.a, p.b, p.c)
-            gw[..., p.sw] += gwp.reshape(*w.shape[:-1], -1)
+            gw[..., p.sw] += gwp.reshape(*w.shape[:-1], _len(p.sw))
     return gx1, gx2, gw
 
 

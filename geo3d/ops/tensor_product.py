@@ -198,6 +198,36 @@ def _check_conv_inputs(x: Tensor, sh: Tensor, edge_index: Tensor) -> None:
         raise ValueError(f"edge_index holds nodes outside [0, {x.shape[0]}) (x has {x.shape[0]} rows)")
 
 
+def _double_backward(fwd, bwd, inputs, incoming):
+    """Backward of the backward op of a trilinear F(a, b, c) (see the module docstring).
+
+    ``incoming`` are the gradients flowing into (dF/da, dF/db, dF/dc); ``None``
+    where an output was not used (force training uses only dF/dx), and those
+    terms are skipped: F and B run once per used output instead of three times.
+    Returns gradients for (a, b, c, grad).
+    """
+    a, b, c = inputs
+    da = db = dc = d_grad = None
+
+    def add(x, y):
+        return y if x is None else x + y
+
+    ga, gb, gc = incoming
+    if ga is not None:
+        d_grad = add(d_grad, fwd(ga, b, c))
+        _, y_b, y_c = bwd(ga, b, c)
+        db, dc = add(db, y_b), add(dc, y_c)
+    if gb is not None:
+        d_grad = add(d_grad, fwd(a, gb, c))
+        y_a, _, y_c = bwd(a, gb, c)
+        da, dc = add(da, y_a), add(dc, y_c)
+    if gc is not None:
+        d_grad = add(d_grad, fwd(a, b, gc))
+        y_a, y_b, _ = bwd(a, b, gc)
+        da, db = add(da, y_a), add(db, y_b)
+    return da, db, dc, d_grad
+
+
 # --------------------------------------------------------------------------- plain TP
 @torch.library.custom_op("geo3d::tensor_product", mutates_args=())
 def tensor_product(
@@ -239,7 +269,9 @@ def tensor_product_backward(
     if name == "reference":
         return tensor_product_backward_reference(x1, x2, w, grad, paths, path_weight)
     rows, gemm = _split_gemm_paths(paths, w)
-    gx1, gx2, gw = torch.ops.geo3d.tp_backward(x1, x2, w, grad, paths[rows], cg_index, cg_value, path_weight[rows])
+    gx1, gx2, gw = torch.ops.geo3d.tp_backward(
+        x1, x2, w, grad, paths[rows], cg_index, cg_value, path_weight[rows]
+    )
     z = x1.shape[0]
     for p in _reference_paths(x1, x2, w, paths[gemm], path_weight[gemm]):
         ga, gb, gwp = _gemm_backward(p, grad[:, p.so].reshape(z, -1, p.c.shape[2]))
@@ -275,6 +307,7 @@ def _tpb_setup(ctx, inputs, output) -> None:
     x1, x2, w, grad, *tables, backend = inputs
     ctx.save_for_backward(x1, x2, w, grad)
     ctx.tables, ctx.backend = tables, backend
+    ctx.set_materialize_grads(False)  # unused outputs stay None: their terms are skipped
 
 
 def _tpb_backward(ctx, ggx1, ggx2, ggw):
@@ -287,11 +320,8 @@ def _tpb_backward(ctx, ggx1, ggx2, ggw):
     def bwd(a, c, d):
         return tensor_product_backward(a, c, d, g, *t, b)
 
-    d_grad = fwd(ggx1, x2, w) + fwd(x1, ggx2, w) + fwd(x1, x2, ggw)
-    _, gx2_a, gw_a = bwd(ggx1, x2, w)
-    gx1_b, _, gw_b = bwd(x1, ggx2, w)
-    gx1_c, gx2_c, _ = bwd(x1, x2, ggw)
-    return gx1_b + gx1_c, gx2_a + gx2_c, gw_a + gw_b, d_grad, None, None, None, None, None
+    dx1, dx2, dw, d_grad = _double_backward(fwd, bwd, (x1, x2, w), (ggx1, ggx2, ggw))
+    return dx1, dx2, dw, d_grad, None, None, None, None, None
 
 
 tensor_product.register_autograd(_tp_backward, setup_context=_tp_setup)
@@ -371,6 +401,7 @@ def _convb_setup(ctx, inputs, output) -> None:
     x, sh, w, edge_index, grad, *tables, backend = inputs
     ctx.save_for_backward(x, sh, w, edge_index, grad)
     ctx.tables, ctx.backend = tables, backend
+    ctx.set_materialize_grads(False)
 
 
 def _convb_backward(ctx, ggx, ggsh, ggw):
@@ -383,11 +414,8 @@ def _convb_backward(ctx, ggx, ggsh, ggw):
     def bwd(a, c, d):
         return tensor_product_conv_backward(a, c, d, ei, g, *t, b)
 
-    d_grad = fwd(ggx, sh, w) + fwd(x, ggsh, w) + fwd(x, sh, ggw)
-    _, gsh_a, gw_a = bwd(ggx, sh, w)
-    gx_b, _, gw_b = bwd(x, ggsh, w)
-    gx_c, gsh_c, _ = bwd(x, sh, ggw)
-    return gx_b + gx_c, gsh_a + gsh_c, gw_a + gw_b, None, d_grad, None, None, None, None, None
+    dx, dsh, dw, d_grad = _double_backward(fwd, bwd, (x, sh, w), (ggx, ggsh, ggw))
+    return dx, dsh, dw, None, d_grad, None, None, None, None, None
 
 
 tensor_product_conv.register_autograd(_conv_backward, setup_context=_conv_setup)

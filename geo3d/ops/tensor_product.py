@@ -153,40 +153,15 @@ def tensor_product_conv_backward_reference(
     return torch.zeros_like(x).index_add_(0, edge_index[0], gxe), gsh, gw
 
 
-# --------------------------------------------------------------------------- shared-weight uvw as GEMMs
+# --------------------------------------------------------------------------- shared-weight uvw
 # A fully connected path with shared weights is a matrix product over the whole
-# batch, out[z, w, k] = sum_uv W[uv, w] T[z, uv, k] with T the CG-contracted
-# inputs; BLAS does that far better than a per-row loop (which streams all of W
-# for every row), so the cpu backend sends these paths here and the rest to C++.
+# batch; a per-row loop would stream all of W for every row. The cpu backend
+# sends these paths to the reference's einsums (torch orders their contractions
+# with opt_einsum, so the weights meet the cheapest operand first, on BLAS) and
+# the rest to C++.
 def _split_gemm_paths(paths: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     gemm = (paths[:, MODE] == _UVW) & (paths[:, W_OFF] >= 0) & (w.dim() == 1)
     return ~gemm, gemm
-
-
-def _contract(p: _RefPath) -> tuple[Tensor, Tensor]:
-    """S [Z, v, i, k] = sum_j C[i, j, k] b[z, v, j], and T [Z, u, v, k] = sum_i a[z, u, i] S[z, v, i, k]."""
-    z, mul1, d1 = p.a.shape
-    mul2, d3 = p.b.shape[1], p.c.shape[2]
-    s = torch.einsum("zvj,ijk->zvik", p.b, p.c)
-    t = torch.bmm(p.a, s.permute(0, 2, 1, 3).reshape(z, d1, mul2 * d3))
-    return s, t.reshape(z, mul1, mul2, d3)
-
-
-def _gemm_forward(p: _RefPath) -> Tensor:
-    _, t = _contract(p)
-    return p.pw * torch.einsum("zuvk,uvw->zwk", t, p.w)
-
-
-def _gemm_backward(p: _RefPath, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients (a, b, W) of <g, pw * sum_uv W[uv, w] T[z, uv, k]>, g [Z, w, k]."""
-    s, t = _contract(p)
-    z, mul1, d1 = p.a.shape
-    mul2, d3 = p.b.shape[1], p.c.shape[2]
-    gw = p.pw * torch.einsum("zuvk,zwk->uvw", t, g)
-    h = p.pw * torch.einsum("zwk,uvw->zuvk", g, p.w)  # d/dT
-    ga = torch.bmm(h.reshape(z, mul1, mul2 * d3), s.permute(0, 1, 3, 2).reshape(z, mul2 * d3, d1))
-    gb = torch.einsum("zvik,ijk->zvj", torch.einsum("zui,zuvk->zvik", p.a, h), p.c)
-    return ga, gb, gw
 
 
 def _check_conv_inputs(x: Tensor, sh: Tensor, edge_index: Tensor) -> None:
@@ -247,8 +222,8 @@ def tensor_product(
         return tensor_product_reference(x1, x2, w, paths, path_weight, dim_out)
     rows, gemm = _split_gemm_paths(paths, w)
     out = torch.ops.geo3d.tp_forward(x1, x2, w, paths[rows], cg_index, cg_value, path_weight[rows], dim_out)
-    for p in _reference_paths(x1, x2, w, paths[gemm], path_weight[gemm]):
-        out[:, p.so] += _gemm_forward(p).reshape(x1.shape[0], _len(p.so))
+    if gemm.any():
+        out += tensor_product_reference(x1, x2, w, paths[gemm], path_weight[gemm], dim_out)
     return out
 
 
@@ -272,12 +247,9 @@ def tensor_product_backward(
     gx1, gx2, gw = torch.ops.geo3d.tp_backward(
         x1, x2, w, grad, paths[rows], cg_index, cg_value, path_weight[rows]
     )
-    z = x1.shape[0]
-    for p in _reference_paths(x1, x2, w, paths[gemm], path_weight[gemm]):
-        ga, gb, gwp = _gemm_backward(p, grad[:, p.so].reshape(z, -1, p.c.shape[2]))
-        gx1[:, p.s1] += ga.reshape(z, _len(p.s1))
-        gx2[:, p.s2] += gb.reshape(z, _len(p.s2))
-        gw[p.sw] += gwp.reshape(-1)
+    if gemm.any():
+        ga, gb, gc = tensor_product_backward_reference(x1, x2, w, grad, paths[gemm], path_weight[gemm])
+        gx1, gx2, gw = gx1 + ga, gx2 + gb, gw + gc
     return gx1, gx2, gw
 
 

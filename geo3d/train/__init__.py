@@ -2,7 +2,10 @@
 
 from geo3d.train.config import ConfigError, ExperimentConfig, load_config
 
-TASKS = {"eqgat_diff": "geo3d.train.molecule_task:MoleculeGenerationTask"}
+TASKS = {
+    "eqgat_diff": "geo3d.train.molecule_task:MoleculeGenerationTask",
+    "potential": "geo3d.train.potential_task:PotentialTask",
+}
 
 
 def make_task(cfg: ExperimentConfig):

@@ -44,22 +44,35 @@ class TrainConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    dataset: Literal["qm9", "sdf"] = "qm9"
-    path: str | None = (
-        None  # qm9: folder with qm9pack's CSVs (default: the installed wheel); sdf: file/folder
-    )
+    dataset: Literal["qm9", "sdf", "extxyz", "rmd17"] = "qm9"
+    # qm9: folder with qm9pack's CSVs (default: the installed wheel); sdf: file/folder;
+    # extxyz / rmd17: the training file (relative paths from the working directory).
+    path: str | None = None
+    val_path: str | None = None  # extxyz / rmd17: validation file (default: 10 % of path)
+    energy_key: str = "energy"  # extxyz label keys (info / arrays / stored calculator results)
+    forces_key: str = "forces"
+    stress_key: str | None = "stress"
     cache_dir: str | None = None
     limit_train: int | None = Field(None, ge=1)
     limit_val: int | None = Field(None, ge=1)
 
 
+class LossConfig(_Strict):
+    """Weights of the potential's loss: per-atom energy, force components and stress components (MSE)."""
+
+    energy: float = Field(1.0, ge=0)
+    forces: float = Field(10.0, ge=0)
+    stress: float = Field(1.0, ge=0)
+
+
 class ExperimentConfig(_Strict):
-    task: Literal["eqgat_diff"]
+    task: Literal["eqgat_diff", "potential"]
     name: str = "experiment"
     model: dict[str, Any] = Field(default_factory=dict)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -47,7 +47,7 @@ class Task(Protocol):
 
     arch: str
     name: str
-    headline: str  # validation metric that selects best.pt (higher is better)
+    headline: str  # validation metric that selects best.pt (higher is better, unless lower_is_better)
 
     def datasets(self) -> tuple[Dataset, Dataset]: ...
     def model_config(self, train_set: Dataset) -> dict[str, Any]: ...
@@ -225,6 +225,8 @@ def train(
                     metrics = _evaluate(task, model, ema, val_set, rank)
                     metrics["epoch"], metrics["step"] = epoch, step
                     score = float(metrics.get(task.headline, -math.inf))
+                    if getattr(task, "lower_is_better", False):
+                        score = -float(metrics.get(task.headline, math.inf))
                     if score > best:
                         best = score
                         save(best_path, metrics)

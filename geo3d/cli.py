@@ -190,6 +190,21 @@ def train(
 
 
 @app.command()
+def export(
+    src: Path = typer.Argument(..., help="Training checkpoint (runs/.../best.pt)."),
+    dst: Path = typer.Argument(..., help="Output file, e.g. geo3d/checkpoints/NAME.pt."),
+) -> None:
+    """Inference-only copy of a training checkpoint (EMA weights, config, metrics; no optimiser state)."""
+    from geo3d.checkpoint import CheckpointError, export_checkpoint
+
+    try:
+        out = export_checkpoint(src, dst)
+    except (FileNotFoundError, CheckpointError) as exc:
+        _fail(str(exc))
+    console.print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MB)")
+
+
+@app.command()
 def generate(
     model: str = typer.Option("eqgat-qm9", "--model", "-m", help="Shipped model name or checkpoint path."),
     n: int = typer.Option(100, "-n", help="Number of molecules."),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -160,3 +162,73 @@ def test_torchrun_data_parallel_on_cpu(tmp_path, sdf_set):
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     # 11 training molecules, batch 4 per rank, 2 ranks: ceil(11 / 8) = 2 steps per epoch.
     assert state["extra"]["train_state"]["step"] == 2
+
+
+def test_warm_start_from_a_checkpoint(tmp_path, sdf_set):
+    cfg = load_config(_config(tmp_path, sdf_set), ["train.max_steps=2"])
+    first = train(make_task(cfg), cfg)
+    init = load_checkpoint(first)
+    # A fresh out_dir with init_from: the run starts from those (EMA) weights and their config.
+    cfg = load_config(
+        _config(tmp_path, sdf_set),
+        ["train.max_steps=1", f"train.out_dir={tmp_path / 'warm'}", f"train.init_from={first}"],
+    )
+    cfg.model["denoiser"]["s_dim"] = 999  # ignored: the architecture comes from the checkpoint
+    train(make_task(cfg), cfg)
+    warm = load_checkpoint(tmp_path / "warm" / "last.pt")
+    assert warm["config"] == init["config"]
+    assert warm["extra"]["train_state"]["step"] == 1
+    moved = max(
+        (warm["extra"]["train_state"]["model"][k] - v).abs().max().item()
+        for k, v in init["state_dict"].items()
+        if v.dtype.is_floating_point
+    )
+    assert 0 < moved < 0.1  # one small step away from the initial weights, not a fresh init
+
+
+def test_cosine_schedule():
+    from geo3d.train.trainer import learning_rate
+
+    cfg = load_config_from_text(
+        "task: eqgat_diff\noptim: {lr: 1.0, warmup_steps: 10, schedule: cosine, min_lr_ratio: 0.1}"
+    )
+    lrs = [learning_rate(cfg, s, 110) for s in range(111)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.55) and lrs[110] == pytest.approx(0.1)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
+
+
+def load_config_from_text(text: str):
+    import yaml
+
+    from geo3d.train.config import ExperimentConfig
+
+    return ExperimentConfig.model_validate(yaml.safe_load(text))
+
+
+def test_train_a_potential_and_use_it_in_ase(tmp_path):
+    from ase.build import bulk
+
+    from geo3d.calculators import Geo3DCalculator
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(
+        root / "configs" / "potential_cu_emt.yaml",
+        [
+            "train.epochs=2",
+            f"train.out_dir={tmp_path / 'pot'}",
+            "data.limit_train=8",
+            "data.limit_val=4",
+            "train.eval_every_epochs=1",
+            f"data.path={root / 'datasets/cu_emt/train.xyz'}",
+            f"data.val_path={root / 'datasets/cu_emt/test.xyz'}",
+        ],
+    )
+    best = train(make_task(cfg), cfg)
+    ckpt = load_checkpoint(best)
+    assert ckpt["arch"] == "potential" and ckpt["metrics"]["forces_mae_meV_A"] > 0
+    assert len(ckpt["config"]["e0"]) == len(ckpt["config"]["elements"]) == 2  # Cu and Au, fitted
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+    atoms.calc = Geo3DCalculator(model=str(best))
+    assert abs(atoms.get_potential_energy()) < 10 * len(atoms)
+    assert atoms.get_stress().shape == (6,)

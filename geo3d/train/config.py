@@ -23,6 +23,9 @@ class OptimConfig(_Strict):
     amsgrad: bool = True
     grad_clip: float = Field(10.0, gt=0)
     warmup_steps: int = Field(0, ge=0)
+    # "cosine": after warm-up, decay to min_lr_ratio x lr at the last step of train.epochs.
+    schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
 
 
 class TrainConfig(_Strict):

@@ -193,7 +193,7 @@ def train(
                 if k < done_in_epoch:
                     continue
                 batch = batch.to(dev)
-                lr = cfg.optim.lr * min(1.0, (step + 1) / max(cfg.optim.warmup_steps, 1))
+                lr = learning_rate(cfg, step, tc.epochs * steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 loss, parts = task.loss(ddp_model, batch, generator)
@@ -241,6 +241,16 @@ def train(
         why = "stopped (time/step limit)" if stopped_early else "finished"
         console.print(f"{why} at epoch {epoch}, step {step}; checkpoints in {out}")
     return best_path if best_path.is_file() else last_path
+
+
+def learning_rate(cfg: ExperimentConfig, step: int, total_steps: int) -> float:
+    """Linear warm-up, then constant or cosine decay to ``min_lr_ratio * lr`` at ``total_steps``."""
+    o = cfg.optim
+    lr = o.lr * min(1.0, (step + 1) / max(o.warmup_steps, 1))
+    if o.schedule == "cosine" and step >= o.warmup_steps:
+        progress = min(1.0, (step - o.warmup_steps) / max(total_steps - o.warmup_steps, 1))
+        lr = o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return lr
 
 
 def _evaluate(task: Task, model: nn.Module, ema: EMA, val_set: Dataset, rank: int) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from geo3d.nn.tensor_product import TensorProductConv
 from geo3d.ops import scatter
 
 
@@ -52,6 +53,44 @@ class GraphNorm(nn.Module):
         return s, v
 
 
+class VectorMessages(nn.Module):
+    """``mean_j (r_ij c0_ij + c1_ij * u_j)`` over each receiver's edges, as one fused tensor-product conv.
+
+    Node features ``1x0e + Vx1o`` (a constant one and ``u = W_v v``) times edge
+    features ``1x0e + 1x1o`` (one and ``r_ij``) into ``Vx1o``, channel-wise, with
+    per-edge weights ``[c0, c1]``; no normalisation (path weight 3 cancels the
+    1/sqrt(3) of ``wigner_3j(0, 1, 1)``). The fused kernel never stores the
+    ``[E, 3, V]`` messages; on QM9-sized batches it is ~2.4x faster than plain
+    torch for forward+backward (``benchmarks/eqgat_vector_messages.py``).
+
+    Shapes: r_hat ``[E, 3]``, coef ``[E, V]`` (first layer) or ``[E, 2V]``, u
+    ``[N, 3, V]`` or None (first layer) -> ``[N, 3, V]``.
+    """
+
+    def __init__(self, v_dim: int, first: bool) -> None:
+        super().__init__()
+        self.v_dim = v_dim
+        irreps_x = "1x0e" if first else f"1x0e + {v_dim}x1o"
+        instructions = [(0, 1, 0, "uvw", True, 3.0)] + ([] if first else [(1, 0, 0, "uvu", True, 3.0)])
+        self.conv = TensorProductConv(
+            irreps_x,
+            "1x0e + 1x1o",
+            f"{v_dim}x1o",
+            instructions,
+            shared_weights=False,
+            irrep_normalization="none",
+            path_normalization="none",
+        )
+
+    def forward(self, r_hat: Tensor, coef: Tensor, u: Tensor | None, edge_index: Tensor, n: int) -> Tensor:
+        one = r_hat.new_ones(n, 1)
+        x = one if u is None else torch.cat([one, u.transpose(1, 2).reshape(n, 3 * self.v_dim)], dim=1)
+        sh = torch.cat([r_hat.new_ones(r_hat.shape[0], 1), r_hat], dim=1)
+        out = self.conv(x, sh, coef, edge_index)  # [N, V * 3], e3nn layout
+        degree = torch.bincount(edge_index[1], minlength=n).clamp_min(1).to(out.dtype)
+        return (out / degree.unsqueeze(1)).reshape(n, self.v_dim, 3).transpose(1, 2)
+
+
 class EQGATLayer(nn.Module):
     """One EQGAT-diff message-passing layer with position and edge updates.
 
@@ -83,6 +122,7 @@ class EQGATLayer(nn.Module):
         )
         self.w_s = nn.Linear(s_dim, s_dim)
         self.w_v = None if first else nn.Linear(v_dim, v_dim, bias=False)
+        self.messages = VectorMessages(v_dim, first)
         self.edge_post = nn.Linear(e_dim, e_dim)
         self.pos_scale = nn.Parameter(torch.ones(1))
         # Gated equivariant update.
@@ -135,10 +175,7 @@ class EQGATLayer(nn.Module):
         alpha = scatter_softmax(att, i, n)
         s = s + scatter(alpha * self.w_s(s)[j], i, 0, n, "sum")
 
-        msg = r_hat.unsqueeze(-1) * coef[:, : self.v_dim].unsqueeze(1)  # [E, 3, V]
-        if not self.first:
-            msg = msg + coef[:, self.v_dim :].unsqueeze(1) * self.w_v(v)[j]
-        v = v + scatter(msg, i, 0, n, "mean")
+        v = v + self.messages(r_hat, coef, None if self.first else self.w_v(v), edge_index, n)
 
         m = scatter(gate * r_hat, i, 0, n, "mean")  # [N, 3]
         m_norm = scatter(m.norm(dim=-1, keepdim=True), batch, 0, num_graphs, "mean")[batch]

@@ -11,6 +11,11 @@ TORCH_LIBRARY(geo3d, m) {
   m.def(
       "radius_graph(Tensor pos, Tensor ptr, Tensor cell, Tensor pbc, float cutoff, bool loop, "
       "int bins_per_cutoff) -> (Tensor, Tensor)");
+  // Point-cloud ops. knn_graph: [2, E] (row 0 neighbour j, row 1 centre i), each
+  // centre's min(k, available) nearest points of its own graph, nearest first.
+  // fps: counts[b] indices of graph b in farthest-point order from start[b].
+  m.def("knn_graph(Tensor pos, Tensor ptr, int k, bool loop) -> Tensor");
+  m.def("fps(Tensor pos, Tensor ptr, Tensor counts, Tensor start) -> Tensor");
   // Tensor product kernels over the tables of geo3d/o3/tp_plan.py (paths [P, 13] int64,
   // cg_index [nnz, 3] int64, cg_value [nnz] float64, path_weight [P] float64). Features in
   // e3nn's layout; w is [weight_numel] (shared) or one row per batch row / edge.

@@ -23,6 +23,11 @@
 namespace geo3d {
 namespace {
 
+// A single large cloud splits each FPS update over threads only above this size:
+// every sample forks and joins the team, which costs microseconds on an idle
+// machine but up to a scheduler time slice when other processes hold the cores.
+constexpr int64_t kParallelFpsAbove = int64_t(1) << 18;
+
 struct Grid {
   double lo[3], h;
   int64_t n[3];
@@ -254,7 +259,7 @@ at::Tensor fps_cpu(const at::Tensor& pos_, const at::Tensor& ptr, const at::Tens
     for (int64_t b = 0; b < B; ++b) {
       const int64_t n = pp[b + 1] - pp[b];
       if (pc[b] == 0) continue;
-      fps_graph(p + 3 * pp[b], n, pc[b], ps[b], pp[b], po + offset[b], !many && n > 8192);
+      fps_graph(p + 3 * pp[b], n, pc[b], ps[b], pp[b], po + offset[b], !many && n > kParallelFpsAbove);
     }
   };
   if (pos.scalar_type() == at::kDouble)

@@ -190,6 +190,60 @@ def train(
 
 
 @app.command()
+def evaluate(
+    model: str = typer.Option(..., "--model", help="Shipped name or checkpoint of a point-cloud classifier."),
+    rotation: str = typer.Option("so3", "--rotation", help="Test-time rotation: none, z or so3."),
+    protocol: str = typer.Option(
+        "", "--protocol", help="'all': test under z and SO(3) (keys 'TRAIN/TEST', e.g. 'z/so3')."
+    ),
+    per_class: int = typer.Option(
+        50, "--per-class", help="Test shapes per class (procedural Shapes test split)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the test rotations."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Accuracy of a point-cloud classifier on the Shapes test split under rotations."""
+    import json
+
+    import torch
+
+    from geo3d.data.shapes import Shapes
+    from geo3d.data.transforms import RandomRotate
+    from geo3d.models.registry import load_model
+    from geo3d.train.pointcloud_task import classification_metrics
+
+    try:
+        net = load_model(model)
+    except Exception as exc:  # unknown name, foreign file, ...: one clear line
+        _fail(str(exc))
+    config = net.geo3d_checkpoint["config"]
+    if net.geo3d_checkpoint.get("arch") != "tinvnn":
+        _fail(f"{model}: holds a {net.geo3d_checkpoint.get('arch')!r} model, not a point-cloud classifier")
+    rotations = ["z", "so3"] if protocol == "all" else [rotation]
+    if protocol not in ("", "all"):
+        _fail(f"--protocol must be 'all' or omitted, got {protocol!r}")
+    train_rot = config.get("train_rotation", "?")
+    results = {}
+    for rot in rotations:
+        try:
+            transform = RandomRotate(rot, torch.Generator().manual_seed(seed))
+        except ValueError as exc:
+            _fail(str(exc))
+        test = Shapes("test", per_class, int(config.get("num_points", 1024)), transform=transform)
+        results[f"{train_rot}/{rot}"] = classification_metrics(net, test)
+    if as_json:
+        print(json.dumps(results))
+        return
+    table = Table(title=f"{model} on Shapes test ({per_class} per class)")
+    table.add_column("train / test rotation")
+    table.add_column("accuracy")
+    table.add_column("mean class accuracy")
+    for key, m in results.items():
+        table.add_row(key, f"{m['accuracy']:.4f}", f"{m['mean_class_accuracy']:.4f}")
+    console.print(table)
+
+
+@app.command()
 def export(
     src: Path = typer.Argument(..., help="Training checkpoint (runs/.../best.pt)."),
     dst: Path = typer.Argument(..., help="Output file, e.g. geo3d/checkpoints/NAME.pt."),

@@ -5,6 +5,7 @@ from geo3d.train.config import ConfigError, ExperimentConfig, load_config
 TASKS = {
     "eqgat_diff": "geo3d.train.molecule_task:MoleculeGenerationTask",
     "potential": "geo3d.train.potential_task:PotentialTask",
+    "pointcloud_classification": "geo3d.train.pointcloud_task:PointCloudClassificationTask",
 }
 
 

@@ -47,7 +47,7 @@ class TrainConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    dataset: Literal["qm9", "sdf", "extxyz", "rmd17"] = "qm9"
+    dataset: Literal["qm9", "sdf", "extxyz", "rmd17", "shapes"] = "qm9"
     # qm9: folder with qm9pack's CSVs (default: the installed wheel); sdf: file/folder;
     # extxyz / rmd17: the training file (relative paths from the working directory).
     path: str | None = None
@@ -55,6 +55,11 @@ class DataConfig(_Strict):
     energy_key: str = "energy"  # extxyz label keys (info / arrays / stored calculator results)
     forces_key: str = "forces"
     stress_key: str | None = "stress"
+    # shapes (procedural point clouds): instances per class, points per shape, and the
+    # rotation augmentation of the training set (none, z, so3).
+    per_class: int = Field(100, ge=1)
+    num_points: int = Field(1024, ge=16)
+    train_rotation: Literal["none", "z", "so3"] = "z"
     cache_dir: str | None = None
     limit_train: int | None = Field(None, ge=1)
     limit_val: int | None = Field(None, ge=1)
@@ -69,7 +74,7 @@ class LossConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    task: Literal["eqgat_diff", "potential"]
+    task: Literal["eqgat_diff", "potential", "pointcloud_classification"]
     name: str = "experiment"
     model: dict[str, Any] = Field(default_factory=dict)
     data: DataConfig = Field(default_factory=DataConfig)

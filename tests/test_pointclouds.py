@@ -1,0 +1,124 @@
+"""Procedural Shapes, transforms and TinvNN: determinism, labels, exact invariance, degenerate flags."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+from geo3d.data.shapes import CLASS_NAMES, NUM_PARTS, PARTS, Shapes, make_shape
+from geo3d.data.transforms import RandomRotate, random_rotation
+from geo3d.models.tinvnn import TinvNN, mds_coordinates
+
+
+def test_shapes_are_deterministic_cached_and_labelled(tmp_path):
+    a = Shapes("train", per_class=2, num_points=256, cache_dir=tmp_path)
+    b = Shapes("train", per_class=2, num_points=256, cache_dir=tmp_path)  # from the cache
+    c = Shapes("train", per_class=2, num_points=256, cache_dir="")  # rebuilt
+    assert len(a) == 2 * len(CLASS_NAMES) == len(c)
+    assert len(list(tmp_path.iterdir())) == 1
+    for k in range(len(a)):
+        assert torch.equal(a[k].pos, b[k].pos) and torch.equal(a[k].pos, c[k].pos)
+    assert not torch.equal(Shapes("test", 2, 256, cache_dir="")[0].pos, a[0].pos)
+    for k in range(len(a)):
+        d = a[k]
+        name = CLASS_NAMES[int(d.y)]
+        assert set(d.part.unique().tolist()) == set(PARTS[name]), name  # every part is sampled
+        assert d.pos.norm(dim=1).max() == pytest.approx(1.0, abs=1e-5)
+        assert torch.allclose(d.normal.norm(dim=1), torch.ones(256), atol=1e-4)
+    assert NUM_PARTS == sum(len(p) for p in PARTS.values())
+
+
+def test_rotations_are_proper_and_transform_normals():
+    g = torch.Generator().manual_seed(0)
+    for kind in ("z", "so3"):
+        r = random_rotation(kind, g, torch.float64)
+        assert torch.allclose(r @ r.T, torch.eye(3, dtype=torch.float64), atol=1e-12)
+        assert torch.det(r) == pytest.approx(1.0)
+    assert random_rotation("z", g)[2].tolist() == [0.0, 0.0, 1.0]
+    d = make_shape(7, 128, __import__("numpy").random.default_rng(0))
+    r = RandomRotate("so3", torch.Generator().manual_seed(1))(d)
+    assert torch.allclose((r.pos * r.normal).sum(1), (d.pos * d.normal).sum(1), atol=1e-5)
+    with pytest.raises(ValueError, match="rotation must be none, z or so3"):
+        RandomRotate("xyz")
+
+
+def _batch(shapes):
+    return Batch.from_data_list(shapes)
+
+
+def test_tinvnn_is_invariant_on_non_degenerate_shapes():
+    rng = __import__("numpy").random.default_rng(0)
+    shapes = [
+        make_shape(label, 512, rng) for label in (6, 7, 9, 11, 14)
+    ]  # table, chair, lamp, airplane, rocket
+    batch = _batch(shapes)
+    _, _, degenerate = mds_coordinates(batch.pos, batch.batch, batch.num_graphs)
+    keep = [s for s, deg in zip(shapes, degenerate.tolist(), strict=True) if not deg]
+    assert len(keep) >= 3
+    torch.manual_seed(0)
+    model = TinvNN({"num_classes": 16, "use_normals": True}).eval()
+    ref = model(_batch(keep))
+    g = torch.Generator().manual_seed(2)
+    moved = []
+    for s in keep:
+        rot = random_rotation("so3", g)
+        if torch.rand((), generator=g) < 0.5:
+            rot = -rot  # improper: a reflection too
+        perm = torch.randperm(len(s.pos), generator=g)
+        t = s.clone()
+        t.pos = (s.pos @ rot.T + torch.randn(3, generator=g))[perm]
+        t.normal = (s.normal @ rot.T)[perm]
+        t.part = s.part[perm]
+        moved.append(t)
+    out = model(_batch(moved))
+    assert (out - ref).abs().max() < 1e-4
+
+
+def test_degenerate_shapes_are_flagged():
+    one = torch.zeros(6, dtype=torch.long)
+    # Equal eigenvalues (a regular octahedron): the axes are arbitrary.
+    octa = torch.cat([torch.eye(3), -torch.eye(3)])
+    # Distinct eigenvalues but every third moment zero (mirror-symmetric): the signs are arbitrary.
+    mirror = torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 2, 0], [0, -2, 0], [0, 0, 3], [0, 0, -3]])
+    # A generic shape is not flagged.
+    generic = torch.tensor(
+        [[0.0, 0, 0], [1.3, 0.1, 0], [0.2, 2.1, 0.3], [0.1, 0.2, 3.4], [2.0, 1.0, 0.5], [0.3, 0, 1]]
+    )
+    flags = [mds_coordinates(p, one, 1)[2].item() for p in (octa, mirror, generic)]
+    assert flags == [True, True, False]
+
+
+def test_tinvnn_needs_normals_when_trained_with_them():
+    model = TinvNN({"use_normals": True}).eval()
+    d = make_shape(0, 64, __import__("numpy").random.default_rng(0))
+    del d.normal
+    with pytest.raises(ValueError, match="needs a 'normal'"):
+        model(_batch([d]))
+
+
+def test_train_and_evaluate_protocol(tmp_path):
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from geo3d.cli import app
+    from geo3d.train import load_config, make_task
+    from geo3d.train.trainer import train
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(
+        root / "configs/tinvnn_shapes.yaml",
+        ["train.epochs=1", "data.per_class=4", "data.num_points=128", f"train.out_dir={tmp_path / 'run'}"],
+    )
+    best = train(make_task(cfg), cfg)
+    result = CliRunner().invoke(
+        app, ["evaluate", "--model", str(best), "--protocol", "all", "--per-class", "2", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(metrics) == {"z/z", "z/so3"}
+    assert 0.0 <= metrics["z/so3"]["accuracy"] <= 1.0
+    bad = CliRunner().invoke(app, ["evaluate", "--model", "eqgat-qm9"])
+    assert bad.exit_code == 1 and "not a point-cloud classifier" in bad.output

@@ -217,7 +217,7 @@ def evaluate(
     except Exception as exc:  # unknown name, foreign file, ...: one clear line
         _fail(str(exc))
     config = net.geo3d_checkpoint["config"]
-    if net.geo3d_checkpoint.get("arch") != "tinvnn":
+    if net.geo3d_checkpoint.get("arch") not in ("tinvnn", "dgcnn"):
         _fail(f"{model}: holds a {net.geo3d_checkpoint.get('arch')!r} model, not a point-cloud classifier")
     rotations = ["z", "so3"] if protocol == "all" else [rotation]
     if protocol not in ("", "all"):

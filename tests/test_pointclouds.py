@@ -122,3 +122,23 @@ def test_train_and_evaluate_protocol(tmp_path):
     assert 0.0 <= metrics["z/so3"]["accuracy"] <= 1.0
     bad = CliRunner().invoke(app, ["evaluate", "--model", "eqgat-qm9"])
     assert bad.exit_code == 1 and "not a point-cloud classifier" in bad.output
+
+
+def test_dgcnn_is_permutation_invariant_but_not_rotation_invariant():
+    from geo3d.models.dgcnn import DGCNN
+
+    rng = __import__("numpy").random.default_rng(3)
+    shapes = [make_shape(label, 128, rng) for label in (6, 9)]
+    torch.manual_seed(0)
+    model = DGCNN({"num_classes": 16, "k": 8}).eval()
+    ref = model(_batch(shapes))
+    assert ref.shape == (2, 16) and torch.isfinite(ref).all()
+    g = torch.Generator().manual_seed(0)
+    permuted = []
+    for s in shapes:
+        t = s.clone()
+        t.pos = s.pos[torch.randperm(128, generator=g)]
+        permuted.append(t)
+    assert (model(_batch(permuted)) - ref).abs().max() < 1e-4
+    rotated = [RandomRotate("so3", g)(s) for s in shapes]
+    assert (model(_batch(rotated)) - ref).abs().max() > 1e-3  # the baseline is not invariant

@@ -25,7 +25,12 @@ Builder = Callable[[dict[str, Any]], nn.Module]
 ARCHITECTURES: dict[str, Builder] = {}
 # Modules that register architectures when imported; imported lazily by load_model
 # so that `import geo3d` stays cheap.
-ARCHITECTURE_MODULES: list[str] = ["geo3d.models.eqgat", "geo3d.models.potential", "geo3d.models.tinvnn"]
+ARCHITECTURE_MODULES: list[str] = [
+    "geo3d.models.eqgat",
+    "geo3d.models.potential",
+    "geo3d.models.tinvnn",
+    "geo3d.models.dgcnn",
+]
 
 
 def register_architecture(name: str) -> Callable[[Builder], Builder]:

@@ -14,16 +14,25 @@ from geo3d.data.shapes import CLASS_NAMES, Shapes
 from geo3d.data.transforms import Compose, RandomRotate, RandomScaleJitter
 from geo3d.train.config import ExperimentConfig
 
+ARCHS = ("tinvnn", "dgcnn")
+
 
 class PointCloudClassificationTask:
-    """Cross-entropy on shape labels; validation accuracy under SO(3) rotations of the val split."""
+    """Cross-entropy on shape labels; validation accuracy under SO(3) rotations of the val split.
 
-    arch = "tinvnn"
+    ``model.arch`` picks the network: ``tinvnn`` (default) or ``dgcnn``.
+    """
+
     name = "pointcloud-classification"
     headline = "accuracy"
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
+        self.arch = cfg.model.get("arch", "tinvnn")
+        if self.arch not in ARCHS:
+            raise ValueError(
+                f"model.arch: {self.arch!r} is not a point-cloud classifier ({', '.join(ARCHS)})"
+            )
 
     def datasets(self) -> tuple[Dataset, Dataset]:
         d = self.cfg.data
@@ -51,9 +60,9 @@ class PointCloudClassificationTask:
         return config
 
     def build_model(self, model_config: dict[str, Any]) -> nn.Module:
-        from geo3d.models.tinvnn import TinvNN
+        from geo3d.models.registry import build_model
 
-        return TinvNN(model_config)
+        return build_model(self.arch, model_config)
 
     def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         logits = model(batch)

@@ -209,3 +209,18 @@ def test_rmd17_reader(tmp_path):
     np.savez(tmp_path / "broken.npz", nuclear_charges=z, coords=coords)
     with pytest.raises(StructureFileError, match=r"broken\.npz: missing array .energies."):
         read_rmd17(tmp_path / "broken.npz")
+
+
+@pytest.mark.parametrize("name", ["xtb-organic"])
+def test_shipped_molecule_potential_relaxes_a_molecule(name):
+    from ase.build import molecule
+    from ase.optimize import BFGS
+
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.05, seed=0)
+    atoms.calc = Geo3DCalculator(model=name)
+    f0 = np.abs(atoms.get_forces()).max()
+    BFGS(atoms, logfile=None).run(fmax=0.05, steps=200)
+    assert np.abs(atoms.get_forces()).max() < min(0.05, f0)
+    d_co = atoms.get_distance(1, 2)  # C-O, ~1.43 Å in GFN2-xTB
+    assert 1.3 < d_co < 1.6

@@ -66,6 +66,12 @@ SHIPPED: dict[str, ShippedModel] = {
         "molecule-generation",
         "EQGAT-diff on QM9 with explicit H; 4 CPU epochs (configs/eqgat_diff_qm9_cpu.yaml)",
     ),
+    "xtb-organic": ShippedModel(
+        "xtb-organic",
+        "xtb-organic.pt",
+        "interatomic-potential",
+        "H/C/N/O/F molecules, GFN2-xTB MD data (datasets/xtb_organic, configs/potential_xtb_organic.yaml)",
+    ),
 }
 
 

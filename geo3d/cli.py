@@ -202,7 +202,7 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Seed of the test rotations."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Accuracy of a point-cloud classifier on the Shapes test split under rotations."""
+    """Accuracy (classifiers) or part mIoU (segmenters) on the Shapes test split under rotations."""
     import json
 
     import torch
@@ -210,15 +210,17 @@ def evaluate(
     from geo3d.data.shapes import Shapes
     from geo3d.data.transforms import RandomRotate
     from geo3d.models.registry import load_model
-    from geo3d.train.pointcloud_task import classification_metrics
+    from geo3d.train.pointcloud_task import classification_metrics, segmentation_metrics
 
     try:
         net = load_model(model)
     except Exception as exc:  # unknown name, foreign file, ...: one clear line
         _fail(str(exc))
     config = net.geo3d_checkpoint["config"]
-    if net.geo3d_checkpoint.get("arch") not in ("tinvnn", "dgcnn"):
-        _fail(f"{model}: holds a {net.geo3d_checkpoint.get('arch')!r} model, not a point-cloud classifier")
+    arch = net.geo3d_checkpoint.get("arch")
+    if arch not in ("tinvnn", "dgcnn", "tinvnn_seg"):
+        _fail(f"{model}: holds a {arch!r} model, not a point-cloud classifier or segmenter")
+    metric_fn = segmentation_metrics if arch == "tinvnn_seg" else classification_metrics
     rotations = ["z", "so3"] if protocol == "all" else [rotation]
     if protocol not in ("", "all"):
         _fail(f"--protocol must be 'all' or omitted, got {protocol!r}")
@@ -230,16 +232,17 @@ def evaluate(
         except ValueError as exc:
             _fail(str(exc))
         test = Shapes("test", per_class, int(config.get("num_points", 1024)), transform=transform)
-        results[f"{train_rot}/{rot}"] = classification_metrics(net, test)
+        results[f"{train_rot}/{rot}"] = metric_fn(net, test)
     if as_json:
         print(json.dumps(results))
         return
     table = Table(title=f"{model} on Shapes test ({per_class} per class)")
     table.add_column("train / test rotation")
-    table.add_column("accuracy")
-    table.add_column("mean class accuracy")
+    names = list(next(iter(results.values())))
+    for name in names:
+        table.add_column(name.replace("_", " "))
     for key, m in results.items():
-        table.add_row(key, f"{m['accuracy']:.4f}", f"{m['mean_class_accuracy']:.4f}")
+        table.add_row(key, *(f"{m[name]:.4f}" for name in names))
     console.print(table)
 
 

@@ -124,6 +124,36 @@ def test_train_and_evaluate_protocol(tmp_path):
     assert bad.exit_code == 1 and "not a point-cloud classifier" in bad.output
 
 
+def test_segmentation_train_evaluate_and_miou_convention(tmp_path):
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from geo3d.cli import app
+    from geo3d.train import load_config, make_task
+    from geo3d.train.pointcloud_task import segmentation_metrics
+    from geo3d.train.trainer import train
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(
+        root / "configs/tinvnn_shapes_seg.yaml",
+        ["train.epochs=1", "data.per_class=3", "data.num_points=128", f"train.out_dir={tmp_path / 'run'}"],
+    )
+    best = train(make_task(cfg), cfg)
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(best), "--per-class", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])["z/so3"]
+    assert set(metrics) == {"instance_miou", "class_miou"}
+
+    class Oracle(torch.nn.Module):  # predicts the truth: mIoU must be exactly 1
+        def forward(self, data):
+            return torch.nn.functional.one_hot(data.part, NUM_PARTS).float()
+
+    shapes = Shapes("val", 1, 64, cache_dir="")
+    assert segmentation_metrics(Oracle(), shapes) == {"instance_miou": 1.0, "class_miou": 1.0}
+
+
 def test_dgcnn_is_permutation_invariant_but_not_rotation_invariant():
     from geo3d.models.dgcnn import DGCNN
 
@@ -142,3 +172,24 @@ def test_dgcnn_is_permutation_invariant_but_not_rotation_invariant():
     assert (model(_batch(permuted)) - ref).abs().max() < 1e-4
     rotated = [RandomRotate("so3", g)(s) for s in shapes]
     assert (model(_batch(rotated)) - ref).abs().max() > 1e-3  # the baseline is not invariant
+
+
+def test_tinvnn_segmentation_is_invariant():
+    from geo3d.models.tinvnn import TinvNNSegmentation
+
+    rng = __import__("numpy").random.default_rng(4)
+    shapes = [make_shape(label, 256, rng) for label in (7, 11)]  # chair, airplane: non-degenerate
+    torch.manual_seed(0)
+    model = TinvNNSegmentation({}).eval()
+    ref = model(_batch(shapes))
+    g = torch.Generator().manual_seed(5)
+    moved, perms = [], []
+    for s in shapes:
+        perm = torch.randperm(256, generator=g)
+        t = s.clone()
+        t.pos = (s.pos @ random_rotation("so3", g).T + 3.0)[perm]
+        moved.append(t)
+        perms.append(perm)
+    out = model(_batch(moved))
+    expected = torch.cat([ref[:256][perms[0]], ref[256:][perms[1]]])
+    assert (out - expected).abs().max() < 1e-4

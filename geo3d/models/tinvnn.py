@@ -103,6 +103,72 @@ class TinvNN(nn.Module):
         return self.head(scatter(h, batch, 0, num_graphs, "max"))
 
 
+class TinvNNSegmentation(nn.Module):
+    """Per-point part logits ``[N, num_parts]`` on TinvNN's invariant coordinates (ShapeNetPart style).
+
+    PointNet segmentation: per-point features (the MDS coordinates, plus normals in
+    the same frame when ``use_normals``) through the shared MLP; each point's last
+    local feature is concatenated with the cloud's max-pooled feature and the
+    object category (one-hot ``y``, as ShapeNetPart models take it), then a
+    per-point MLP gives the part logits. Invariant like :class:`TinvNN`.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        cfg = {**SEG_DEFAULTS, **{k: v for k, v in config.items() if k not in METADATA}}
+        unknown = set(cfg) - set(SEG_DEFAULTS)
+        if unknown:
+            raise ValueError(f"tinvnn_seg config: unknown keys {sorted(unknown)}")
+        self.config = cfg
+        self.use_normals = bool(cfg["use_normals"])
+        self.num_categories = int(cfg["num_categories"])
+        layers, width = [], 6 if self.use_normals else 3
+        for w in cfg["widths"]:
+            layers += [nn.Linear(width, w), nn.BatchNorm1d(w), nn.ReLU()]
+            width = w
+        self.point_mlp = nn.Sequential(*layers)
+        head_in = 2 * width + self.num_categories
+        self.head = nn.Sequential(
+            nn.Linear(head_in, cfg["head"]),
+            nn.BatchNorm1d(cfg["head"]),
+            nn.ReLU(),
+            nn.Dropout(cfg["dropout"]),
+            nn.Linear(cfg["head"], cfg["num_parts"]),
+        )
+
+    def forward(self, data) -> Tensor:
+        pos = data.pos
+        batch = (
+            data.batch
+            if getattr(data, "batch", None) is not None
+            else pos.new_zeros(len(pos), dtype=torch.long)
+        )
+        num_graphs = int(data.num_graphs) if hasattr(data, "num_graphs") else 1
+        normal = getattr(data, "normal", None) if self.use_normals else None
+        if self.use_normals and normal is None:
+            raise ValueError("this TinvNN was trained with normals: the batch needs a 'normal' [N, 3] field")
+        y, n, _ = mds_coordinates(pos, batch, num_graphs, normal)
+        h = self.point_mlp(y if n is None else torch.cat([y, n], dim=1))
+        pooled = scatter(h, batch, 0, num_graphs, "max")[batch]
+        category = nn.functional.one_hot(data.y.reshape(-1), self.num_categories).to(h.dtype)[batch]
+        return self.head(torch.cat([h, pooled, category], dim=1))
+
+
+SEG_DEFAULTS = {
+    "num_categories": 16,
+    "num_parts": 50,
+    "use_normals": False,
+    "widths": [64, 128, 256],
+    "head": 128,
+    "dropout": 0.3,
+}
+
+
+@register_architecture("tinvnn_seg")
+def build_seg(config: dict[str, Any]) -> nn.Module:
+    return TinvNNSegmentation(config)
+
+
 @register_architecture("tinvnn")
 def build(config: dict[str, Any]) -> nn.Module:
     return TinvNN(config)

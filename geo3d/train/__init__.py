@@ -6,6 +6,7 @@ TASKS = {
     "eqgat_diff": "geo3d.train.molecule_task:MoleculeGenerationTask",
     "potential": "geo3d.train.potential_task:PotentialTask",
     "pointcloud_classification": "geo3d.train.pointcloud_task:PointCloudClassificationTask",
+    "pointcloud_segmentation": "geo3d.train.pointcloud_task:PointCloudSegmentationTask",
 }
 
 

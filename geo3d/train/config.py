@@ -74,7 +74,7 @@ class LossConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    task: Literal["eqgat_diff", "potential", "pointcloud_classification"]
+    task: Literal["eqgat_diff", "potential", "pointcloud_classification", "pointcloud_segmentation"]
     name: str = "experiment"
     model: dict[str, Any] = Field(default_factory=dict)
     data: DataConfig = Field(default_factory=DataConfig)

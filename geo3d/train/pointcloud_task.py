@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from torch_geometric.loader import DataLoader
 
-from geo3d.data.shapes import CLASS_NAMES, Shapes
+from geo3d.data.shapes import CLASS_NAMES, NUM_PARTS, PARTS, Shapes
 from geo3d.data.transforms import Compose, RandomRotate, RandomScaleJitter
 from geo3d.train.config import ExperimentConfig
 
@@ -88,4 +88,70 @@ def classification_metrics(model: nn.Module, dataset: Dataset, batch_size: int =
     return {
         "accuracy": float((pred == y).float().mean()),
         "mean_class_accuracy": sum(per_class) / len(per_class),
+    }
+
+
+class PointCloudSegmentationTask(PointCloudClassificationTask):
+    """Part segmentation (ShapeNetPart style, category given) on the same Shapes splits; headline instance mIoU."""
+
+    name = "pointcloud-segmentation"
+    headline = "instance_miou"
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = cfg
+        self.arch = cfg.model.get("arch", "tinvnn_seg")
+        if self.arch != "tinvnn_seg":
+            raise ValueError(f"model.arch: {self.arch!r} is not a part segmenter (tinvnn_seg)")
+
+    def model_config(self, train_set: Dataset) -> dict[str, Any]:
+        config = super().model_config(train_set)
+        config.pop("num_classes", None)
+        config.setdefault("num_categories", len(CLASS_NAMES))
+        config.setdefault("num_parts", NUM_PARTS)
+        return config
+
+    def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        logits = model(batch)
+        loss = nn.functional.cross_entropy(logits, batch.part)
+        return loss, {"acc": float((logits.argmax(1) == batch.part).float().mean())}
+
+    def evaluate(self, model: nn.Module, val_set: Dataset) -> dict[str, float]:
+        return segmentation_metrics(model, val_set)
+
+
+@torch.no_grad()
+def segmentation_metrics(model: nn.Module, dataset: Dataset, batch_size: int = 32) -> dict[str, float]:
+    """Instance and class mIoU with ShapeNetPart's convention.
+
+    A point's prediction is the argmax over its category's parts only; a shape's
+    IoU is the mean over its category's parts, where a part absent from both the
+    prediction and the truth counts as 1. Instance mIoU averages shapes, class
+    mIoU averages the per-category means.
+    """
+    was_training = model.training
+    model.eval()
+    per_shape: list[tuple[int, float]] = []
+    allowed = torch.full((len(CLASS_NAMES), NUM_PARTS), float("-inf"))
+    for c, name in enumerate(CLASS_NAMES):
+        allowed[c, PARTS[name]] = 0.0
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        logits = model(batch) + allowed[batch.y[batch.batch]]
+        pred = logits.argmax(1)
+        for g in range(batch.num_graphs):
+            mask = batch.batch == g
+            c = int(batch.y[g])
+            p, t = pred[mask], batch.part[mask]
+            ious = []
+            for part in PARTS[CLASS_NAMES[c]]:
+                inter = ((p == part) & (t == part)).sum().item()
+                union = ((p == part) | (t == part)).sum().item()
+                ious.append(1.0 if union == 0 else inter / union)
+            per_shape.append((c, sum(ious) / len(ious)))
+    model.train(was_training)
+    by_class: dict[int, list[float]] = {}
+    for c, iou in per_shape:
+        by_class.setdefault(c, []).append(iou)
+    return {
+        "instance_miou": sum(iou for _, iou in per_shape) / len(per_shape),
+        "class_miou": sum(sum(v) / len(v) for v in by_class.values()) / len(by_class),
     }

@@ -224,3 +224,34 @@ def test_shipped_molecule_potential_relaxes_a_molecule(name):
     assert np.abs(atoms.get_forces()).max() < min(0.05, f0)
     d_co = atoms.get_distance(1, 2)  # C-O, ~1.43 Å in GFN2-xTB
     assert 1.3 < d_co < 1.6
+
+
+def test_shipped_cu_model_relaxes_a_strained_cell():
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+
+    atoms = bulk("Cu", "fcc", a=3.75, cubic=True).repeat(2)  # 4 % too large
+    atoms.calc = Geo3DCalculator(model="cu-emt")
+    assert np.abs(atoms.get_stress()).max() > 1e-3
+    FIRE(FrechetCellFilter(atoms), logfile=None).run(fmax=0.005, steps=300)
+    a = atoms.cell.lengths()[0] / 2
+    assert abs(a - 3.59) < 0.05  # EMT's Cu lattice constant is ~3.59 Å
+    assert np.abs(atoms.get_stress()).max() < 1e-3
+
+
+@pytest.mark.slow
+def test_shipped_cu_model_conserves_energy_for_a_picosecond():
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(3)
+    atoms.calc = Geo3DCalculator(model="cu-emt")
+    MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(0))
+    dyn = VelocityVerlet(atoms, 1 * units.fs)
+    e0 = atoms.get_total_energy()
+    energies = []
+    dyn.attach(lambda: energies.append(atoms.get_total_energy()), interval=50)
+    dyn.run(1000)
+    drift = abs(np.mean(energies[-4:]) - e0) / len(atoms)
+    assert drift < 1e-3, drift  # eV/atom over 1 ps at 1 fs

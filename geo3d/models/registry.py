@@ -66,6 +66,12 @@ SHIPPED: dict[str, ShippedModel] = {
         "molecule-generation",
         "EQGAT-diff on QM9 with explicit H; 4 CPU epochs (configs/eqgat_diff_qm9_cpu.yaml)",
     ),
+    "cu-emt": ShippedModel(
+        "cu-emt",
+        "cu-emt.pt",
+        "interatomic-potential",
+        "fcc Cu and Cu-Au, EMT data with stress (datasets/cu_emt, configs/potential_cu_emt.yaml)",
+    ),
     "xtb-organic": ShippedModel(
         "xtb-organic",
         "xtb-organic.pt",

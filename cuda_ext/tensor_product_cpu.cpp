@@ -173,6 +173,32 @@ void check_edge_index(const char* op, const at::Tensor& edge_index, int64_t num_
               lo.item<int64_t>() < 0 ? lo.item<int64_t>() : hi.item<int64_t>(), ", outside [0, ", num_nodes, ")");
 }
 
+// Work units of a backward pass over `rows` rows: with shared weights, a fixed number of
+// row blocks, each summing its weight gradient into its own buffer (reduced in block
+// order afterwards, so the sum does not depend on the thread count); otherwise one row each.
+template <typename T>
+struct WeightGradUnits {
+  bool shared;
+  int64_t rows, blocks, nw;
+  std::vector<T> partial;
+
+  WeightGradUnits(bool shared_, int64_t rows_, int64_t nw_)
+      : shared(shared_),
+        rows(rows_),
+        blocks(shared_ ? std::min<int64_t>(kWeightBlocks, std::max<int64_t>(rows_, 1)) : rows_),
+        nw(nw_),
+        partial(shared_ ? blocks * nw_ : 0, T(0)) {}
+  int64_t count() const { return blocks; }
+  int64_t first(int64_t unit) const { return shared ? unit * rows / blocks : unit; }
+  int64_t last(int64_t unit) const { return shared ? (unit + 1) * rows / blocks : unit + 1; }
+  // Where row `row` (or edge) of unit `unit` accumulates its weight gradient.
+  T* grad(int64_t unit, int64_t row, T* per_row) { return shared ? partial.data() + unit * nw : per_row + row * nw; }
+  void reduce_into(T* gw) const {
+    for (int64_t b = 0; b < (shared ? blocks : 0); ++b)
+      for (int64_t q = 0; q < nw; ++q) gw[q] += partial[b * nw + q];
+  }
+};
+
 // --------------------------------------------------------------------------- plain TP
 at::Tensor tp_forward_cpu(const at::Tensor& x1_, const at::Tensor& x2_, const at::Tensor& w_, const at::Tensor& paths,
                           const at::Tensor& cg_index, const at::Tensor& cg_value, const at::Tensor& path_weight,
@@ -239,31 +265,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_backward_cpu(const at::Tensor&
     const int64_t d1 = x1.size(1), d2 = x2.size(1), nw = w.size(-1);
     const T *px1 = x1.data_ptr<T>(), *px2 = x2.data_ptr<T>(), *pw = w.data_ptr<T>(), *pg = g.data_ptr<T>();
     T *pgx1 = gx1.data_ptr<T>(), *pgx2 = gx2.data_ptr<T>(), *pgw = gw.data_ptr<T>();
-    const int64_t nblocks = wi.shared ? std::min<int64_t>(kWeightBlocks, std::max<int64_t>(Z, 1)) : 1;
-    std::vector<T> partial(wi.shared ? nblocks * nw : 0, T(0));
-    // Shared weights: rows in fixed blocks, one partial gradient per block; per-row weights: plain rows.
-    const int64_t units = wi.shared ? nblocks : Z;
+    WeightGradUnits<T> units(wi.shared, Z, nw);
 #pragma omp parallel if (Z > 32)
     {
       Scratch<T> s(plan);
       std::vector<T> x1t(d1), gt(dim_out), gx1t(d1);
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t unit = 0; unit < units; ++unit) {
-        const int64_t z0 = wi.shared ? unit * Z / nblocks : unit;
-        const int64_t z1 = wi.shared ? (unit + 1) * Z / nblocks : unit + 1;
-        for (int64_t z = z0; z < z1; ++z) {
+      for (int64_t unit = 0; unit < units.count(); ++unit) {
+        for (int64_t z = units.first(unit); z < units.last(unit); ++z) {
           tp::to_ir_mul(b1, px1 + z * d1, x1t.data());
           tp::to_ir_mul(bo, pg + z * dim_out, gt.data());
           std::fill(gx1t.begin(), gx1t.end(), T(0));
-          T* gwz = wi.shared ? partial.data() + unit * nw : pgw + z * nw;
+          T* gwz = units.grad(unit, z, pgw);
           tp::row_backward(plan, x1t.data(), px2 + z * d2, pw + z * wi.stride, gt.data(), gx1t.data(),
                            pgx2 + z * d2, gwz, s);
           tp::from_ir_mul(b1, gx1t.data(), pgx1 + z * d1);
         }
       }
     }
-    for (int64_t b = 0; b < (wi.shared ? nblocks : 0); ++b)
-      for (int64_t q = 0; q < nw; ++q) pgw[q] += partial[b * nw + q];
+    units.reduce_into(pgw);
   });
   return {gx1, gx2, gw};
 }
@@ -346,23 +366,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_conv_backward_cpu(
     const int64_t* dst = ei.data_ptr<int64_t>() + E;
     const T *pxt = xt.data_ptr<T>(), *pgt = gt.data_ptr<T>(), *psh = sh.data_ptr<T>(), *pw = w.data_ptr<T>();
     T *pgx = gx.data_ptr<T>(), *pgsh = gsh.data_ptr<T>(), *pgw = gw.data_ptr<T>();
-    const int64_t nblocks = wi.shared ? std::min<int64_t>(kWeightBlocks, std::max<int64_t>(N, 1)) : 1;
-    std::vector<T> partial(wi.shared ? nblocks * nw : 0, T(0));
-    const int64_t units = wi.shared ? nblocks : N;
+    WeightGradUnits<T> units(wi.shared, N, nw);
 #pragma omp parallel if (E > 64)
     {
       Scratch<T> s(plan);
       std::vector<T> gxt(d1);
-#pragma omp for schedule(dynamic, wi.shared ? 1 : 16)
-      for (int64_t unit = 0; unit < units; ++unit) {
-        const int64_t j0 = wi.shared ? unit * N / nblocks : unit;
-        const int64_t j1 = wi.shared ? (unit + 1) * N / nblocks : unit + 1;
-        for (int64_t j = j0; j < j1; ++j) {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t unit = 0; unit < units.count(); ++unit) {
+        for (int64_t j = units.first(unit); j < units.last(unit); ++j) {
           if (ptr[j] == ptr[j + 1]) continue;
           std::fill(gxt.begin(), gxt.end(), T(0));
           for (int64_t n = ptr[j]; n < ptr[j + 1]; ++n) {
             const int64_t e = perm[n];
-            T* gwe = wi.shared ? partial.data() + unit * nw : pgw + e * nw;
+            T* gwe = units.grad(unit, e, pgw);
             tp::row_backward(plan, pxt + j * d1, psh + e * d2, pw + e * wi.stride, pgt + dst[e] * dim_out,
                              gxt.data(), pgsh + e * d2, gwe, s);
           }
@@ -370,8 +386,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_conv_backward_cpu(
         }
       }
     }
-    for (int64_t b = 0; b < (wi.shared ? nblocks : 0); ++b)
-      for (int64_t q = 0; q < nw; ++q) pgw[q] += partial[b * nw + q];
+    units.reduce_into(pgw);
   });
   return {gx, gsh, gw};
 }

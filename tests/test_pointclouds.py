@@ -193,3 +193,16 @@ def test_tinvnn_segmentation_is_invariant():
     out = model(_batch(moved))
     expected = torch.cat([ref[:256][perms[0]], ref[256:][perms[1]]])
     assert (out - expected).abs().max() < 1e-4
+
+
+def test_shipped_tinvnn_classifies_rotated_test_shapes():
+    import geo3d
+
+    model = geo3d.load_model("tinvnn-shapes")
+    test = Shapes(
+        "test", 3, 1024, transform=RandomRotate("so3", torch.Generator().manual_seed(0)), cache_dir=""
+    )
+    batch = _batch([test[k] for k in range(len(test))])
+    logits = model(batch)
+    assert logits.shape == (len(test), len(CLASS_NAMES))
+    assert (logits.argmax(1) == batch.y).float().mean() > 0.9

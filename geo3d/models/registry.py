@@ -72,6 +72,12 @@ SHIPPED: dict[str, ShippedModel] = {
         "interatomic-potential",
         "fcc Cu and Cu-Au, EMT data with stress (datasets/cu_emt, configs/potential_cu_emt.yaml)",
     ),
+    "tinvnn-shapes": ShippedModel(
+        "tinvnn-shapes",
+        "tinvnn-shapes.pt",
+        "pointcloud-classification",
+        "TinvNN (MDS-invariant PointNet) on the procedural Shapes set (configs/tinvnn_shapes.yaml)",
+    ),
     "xtb-organic": ShippedModel(
         "xtb-organic",
         "xtb-organic.pt",

@@ -70,13 +70,19 @@ SHIPPED: dict[str, ShippedModel] = {
         "cu-emt",
         "cu-emt.pt",
         "interatomic-potential",
-        "fcc Cu and Cu-Au, EMT data with stress (datasets/cu_emt, configs/potential_cu_emt.yaml)",
+        "fcc Cu and Cu-Au, EMT data with stress (datasets/cu_emt, configs/potential_cu_emt.yaml + 60 warm-started epochs)",
     ),
     "tinvnn-shapes": ShippedModel(
         "tinvnn-shapes",
         "tinvnn-shapes.pt",
         "pointcloud-classification",
         "TinvNN (MDS-invariant PointNet) on the procedural Shapes set (configs/tinvnn_shapes.yaml)",
+    ),
+    "tinvnn-shapes-seg": ShippedModel(
+        "tinvnn-shapes-seg",
+        "tinvnn-shapes-seg.pt",
+        "pointcloud-segmentation",
+        "TinvNN part segmentation on the procedural Shapes set (configs/tinvnn_shapes_seg.yaml)",
     ),
     "xtb-organic": ShippedModel(
         "xtb-organic",

@@ -29,7 +29,9 @@ Models (random weights: this measures speed, not accuracy):
     at every step: that is how its calculator works.
 
 Processes: mace-torch pins e3nn 0.4.4, so it lives in its own virtual environment
-(``--mace-python``, default /work/mace-venv/bin/python; see benchmarks/README.md). For
+(``--mace-python``, default /work/mace-venv/bin/python), made with
+``python3 -m venv /work/mace-venv && /work/mace-venv/bin/pip install torch==2.13.0 mace-torch ase``
+(pin torch to the version geo3d uses, so that pip does not fetch another). For
 symmetry every (code, size, dtype) runs in a fresh subprocess of this same file
 (``--worker``): geo3d under this interpreter, MACE under ``--mace-python``; each prints one
 line of JSON (timings, peak resident memory, thread count). Threads are torch's default
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -126,7 +129,7 @@ def time_md(atoms, calc, steps: int, warmup: int, seed: int) -> dict:
     stamps: list[float] = []
     dyn.attach(lambda: stamps.append(time.perf_counter()), interval=1)
     dyn.run(steps)  # the observer also fires once before the first step
-    per_step = [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=False)]
+    per_step = [b - a for a, b in itertools.pairwise(stamps)]
     builds = getattr(calc, "neighbor_list_builds", None)
     forces = atoms.get_forces()
     return {
@@ -157,7 +160,13 @@ def worker_geo3d(args: argparse.Namespace) -> dict:
     return time_md(atoms, calc, args.steps, args.warmup, args.seed)
 
 
+def mace_environment() -> None:
+    """What ``import mace`` sets itself: e3nn 0.4.4 and MACE's model files need full (not weights-only) torch.load."""
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+
+
 def worker_mace(args: argparse.Namespace) -> dict:
+    mace_environment()
     import logging
     import warnings
 
@@ -172,6 +181,7 @@ def worker_mace(args: argparse.Namespace) -> dict:
 
 def worker_mace_build(args: argparse.Namespace) -> dict:
     """Build the random-weight MACE (float64) and ``torch.save`` it to ``--model-path``."""
+    mace_environment()
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -208,13 +218,12 @@ def worker_mace_build(args: argparse.Namespace) -> dict:
 
 
 def worker_mace_info(args: argparse.Namespace) -> dict:
+    mace_environment()
     import importlib.metadata as md
 
-    import e3nn
-
-    from mace.calculators import MACECalculator  # noqa: F401  (the import is the check)
-
     import ase
+    import e3nn
+    from mace.calculators import MACECalculator  # noqa: F401  (the import is the check)
 
     return {
         "mace-torch": md.version("mace-torch"),
@@ -282,7 +291,7 @@ def geo3d_model(args: argparse.Namespace, tmp: Path) -> tuple[str, dict, str, in
     if args.model:
         path = SHIPPED[args.model].path if args.model in SHIPPED else Path(args.model)
         ckpt = load_checkpoint(path)
-        params = sum(v.numel() for v in ckpt["state_dict"].values() if torch.is_floating_point(v))
+        params = sum(p.numel() for p in InteratomicPotential(ckpt["config"]).parameters())
         return args.model, dict(ckpt["config"]), f"{args.model} (trained weights)", params
     import yaml
 
@@ -291,7 +300,9 @@ def geo3d_model(args: argparse.Namespace, tmp: Path) -> tuple[str, dict, str, in
     torch.manual_seed(args.seed)
     net = InteratomicPotential(config).double()
     path = tmp / "geo3d_random.pt"
-    save_checkpoint(path, arch="potential", task="bench", config=net.config, state_dict=net.state_dict(), metrics={})
+    save_checkpoint(
+        path, arch="potential", task="bench", config=net.config, state_dict=net.state_dict(), metrics={}
+    )
     params = sum(p.numel() for p in net.parameters())
     return str(path), dict(net.config), f"random weights, {SHIPPED_CONFIG.relative_to(ROOT)}", params
 
@@ -306,7 +317,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="float64", help="float64, float32 or both: float64,float32")
     ap.add_argument("--steps", type=int, default=5, help="timed MD steps per case (median reported)")
     ap.add_argument("--warmup", type=int, default=2, help="MD steps before timing")
-    ap.add_argument("--model", help="geo3d model: shipped name (cu-emt) or checkpoint; default random weights")
+    ap.add_argument(
+        "--model", help="geo3d model: shipped name (cu-emt) or checkpoint; default random weights"
+    )
     ap.add_argument("--mace-python", default=DEFAULT_MACE_PYTHON, help="python of the mace-torch environment")
     ap.add_argument("--mace-correlation", type=int, default=3, help="MACE correlation order (its default: 3)")
     ap.add_argument("--skin", type=float, default=0.5, help="geo3d calculator's Verlet skin (Å)")
@@ -392,7 +405,11 @@ def main() -> None:
                 f"{m_params} parameters"
             )
         else:
-            print(f"MACE: not timed ({mace_why}); create the environment as in benchmarks/README.md")
+            print(
+                f"MACE: not timed ({mace_why}); to time it, make the environment: python3 -m venv DIR && "
+                f"DIR/bin/pip install torch=={torch.__version__.split('+')[0]} mace-torch ase, "
+                "then --mace-python DIR/bin/python"
+            )
         print(
             f"MD: VelocityVerlet, 1 fs, {TEMPERATURE:.0f} K start, {args.warmup} warm-up + "
             f"{args.steps} timed steps; median step time",
@@ -404,11 +421,16 @@ def main() -> None:
             for size in sizes:
                 extra = [*common, "--size", str(size), "--dtype", dtype]
                 g, g_why = spawn(
-                    sys.executable, "geo3d", [*extra, "--model-path", model_arg, "--skin", str(args.skin)], args.timeout
+                    sys.executable,
+                    "geo3d",
+                    [*extra, "--model-path", model_arg, "--skin", str(args.skin)],
+                    args.timeout,
                 )
                 m, m_why = (None, mace_why or "not timed")
                 if mace_info is not None:
-                    m, m_why = spawn(args.mace_python, "mace", [*extra, "--model-path", str(mace_path)], args.timeout)
+                    m, m_why = spawn(
+                        args.mace_python, "mace", [*extra, "--model-path", str(mace_path)], args.timeout
+                    )
                 n = (g or m or {}).get("n_atoms", size)
                 g_sps = 1.0 / g["median_s"] if g else None
                 m_sps = 1.0 / m["median_s"] if m else None
@@ -418,7 +440,11 @@ def main() -> None:
                 print(f"{case}, {dtype}:")
                 for name, r, why in (("geo3d", g, g_why), ("MACE", m, m_why)):
                     if r is None:
-                        print(f"  {name:5s} failed: {why}" if name == "geo3d" or mace_info else f"  {name:5s} n/a")
+                        print(
+                            f"  {name:5s} failed: {why}"
+                            if name == "geo3d" or mace_info
+                            else f"  {name:5s} n/a"
+                        )
                         continue
                     nl = "" if r["nl_builds"] is None else f", {r['nl_builds']} neighbour-list builds"
                     print(

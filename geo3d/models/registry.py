@@ -64,7 +64,7 @@ SHIPPED: dict[str, ShippedModel] = {
         "eqgat-qm9",
         "eqgat-qm9.pt",
         "molecule-generation",
-        "EQGAT-diff on QM9 with explicit H; 4 CPU epochs (configs/eqgat_diff_qm9_cpu.yaml)",
+        "EQGAT-diff on QM9 with explicit H; 6 CPU epochs, 9,168 steps (configs/eqgat_diff_qm9_cpu.yaml)",
     ),
     "cu-emt": ShippedModel(
         "cu-emt",

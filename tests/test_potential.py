@@ -255,3 +255,15 @@ def test_shipped_cu_model_conserves_energy_for_a_picosecond():
     dyn.run(1000)
     drift = abs(np.mean(energies[-4:]) - e0) / len(atoms)
     assert drift < 1e-3, drift  # eV/atom over 1 ps at 1 fs
+
+
+def test_langevin_runs_and_thermalises_roughly(checkpoint):
+    from ase import units
+    from ase.md.langevin import Langevin
+
+    atoms = cu_cell(rattle=0.0)
+    atoms.calc = calc_of(checkpoint)
+    dyn = Langevin(atoms, 2 * units.fs, temperature_K=500, friction=0.05, rng=np.random.default_rng(0))
+    dyn.run(50)
+    assert 100 < atoms.get_temperature() < 1500
+    assert np.isfinite(atoms.get_forces()).all()

@@ -232,3 +232,33 @@ def test_train_a_potential_and_use_it_in_ase(tmp_path):
     atoms.calc = Geo3DCalculator(model=str(best))
     assert abs(atoms.get_potential_energy()) < 10 * len(atoms)
     assert atoms.get_stress().shape == (6,)
+
+
+@pytest.mark.slow
+def test_torchrun_data_parallel_potential(tmp_path):
+    """Force training (double backward) under DDP: two gloo ranks, one checkpoint."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    proc = subprocess.run(
+        [
+            torchrun,
+            *("--standalone", "--nproc-per-node", "2", "-m", "geo3d.cli", "train"),
+            *(str(root / "configs/potential_cu_emt.yaml"), "--no-resume"),
+            *("-s", "train.epochs=1", "-s", "data.limit_train=16", "-s", "data.limit_val=4"),
+            *("-s", f"data.path={root / 'datasets/cu_emt/train.xyz'}"),
+            *("-s", f"data.val_path={root / 'datasets/cu_emt/test.xyz'}"),
+            *("-s", f"train.out_dir={tmp_path / 'pot'}"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "pot" / "last.pt")
+    assert state["extra"]["train_state"]["step"] == 2  # 16 frames, batch 4 per rank, 2 ranks

@@ -62,15 +62,15 @@ def mds_coordinates(
     return y.to(pos.dtype), n_out, degenerate
 
 
-class TinvNN(nn.Module):
-    """Batch (``pos``, ``batch``, optional ``normal``) -> logits ``[B, num_classes]``, invariant under E(3)."""
+class _InvariantPointNet(nn.Module):
+    """Shared part of the TinvNN networks: config check, the per-point MLP on MDS coordinates."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], defaults: dict[str, Any], name: str) -> None:
         super().__init__()
-        cfg = {**DEFAULTS, **{k: v for k, v in config.items() if k not in METADATA}}
-        unknown = set(cfg) - set(DEFAULTS)
+        cfg = {**defaults, **{k: v for k, v in config.items() if k not in METADATA}}
+        unknown = set(cfg) - set(defaults)
         if unknown:
-            raise ValueError(f"tinvnn config: unknown keys {sorted(unknown)}")
+            raise ValueError(f"{name} config: unknown keys {sorted(unknown)}")
         self.config = cfg
         self.use_normals = bool(cfg["use_normals"])
         layers, width = [], 6 if self.use_normals else 3
@@ -78,32 +78,45 @@ class TinvNN(nn.Module):
             layers += [nn.Linear(width, w), nn.BatchNorm1d(w), nn.ReLU()]
             width = w
         self.point_mlp = nn.Sequential(*layers)
-        self.head = nn.Sequential(
-            nn.Linear(width, cfg["head"]),
+        self.width = width
+
+    def _head(self, width_in: int, num_out: int) -> nn.Sequential:
+        cfg = self.config
+        return nn.Sequential(
+            nn.Linear(width_in, cfg["head"]),
             nn.BatchNorm1d(cfg["head"]),
             nn.ReLU(),
             nn.Dropout(cfg["dropout"]),
-            nn.Linear(cfg["head"], cfg["num_classes"]),
+            nn.Linear(cfg["head"], num_out),
         )
 
-    def forward(self, data) -> Tensor:
+    def local_features(self, data) -> tuple[Tensor, Tensor, int]:
+        """Per-point features ``[N, widths[-1]]`` of the invariant coordinates, with ``batch`` and B."""
         pos = data.pos
-        batch = (
-            data.batch
-            if getattr(data, "batch", None) is not None
-            else pos.new_zeros(len(pos), dtype=torch.long)
-        )
+        batch = getattr(data, "batch", None)
+        if batch is None:
+            batch = pos.new_zeros(len(pos), dtype=torch.long)
         num_graphs = int(data.num_graphs) if hasattr(data, "num_graphs") else 1
         normal = getattr(data, "normal", None) if self.use_normals else None
         if self.use_normals and normal is None:
             raise ValueError("this TinvNN was trained with normals: the batch needs a 'normal' [N, 3] field")
         y, n, _ = mds_coordinates(pos, batch, num_graphs, normal)
-        feats = y if n is None else torch.cat([y, n], dim=1)
-        h = self.point_mlp(feats)
+        return self.point_mlp(y if n is None else torch.cat([y, n], dim=1)), batch, num_graphs
+
+
+class TinvNN(_InvariantPointNet):
+    """Batch (``pos``, ``batch``, optional ``normal``) -> logits ``[B, num_classes]``, invariant under E(3)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config, DEFAULTS, "tinvnn")
+        self.head = self._head(self.width, self.config["num_classes"])
+
+    def forward(self, data) -> Tensor:
+        h, batch, num_graphs = self.local_features(data)
         return self.head(scatter(h, batch, 0, num_graphs, "max"))
 
 
-class TinvNNSegmentation(nn.Module):
+class TinvNNSegmentation(_InvariantPointNet):
     """Per-point part logits ``[N, num_parts]`` on TinvNN's invariant coordinates (ShapeNetPart style).
 
     PointNet segmentation: per-point features (the MDS coordinates, plus normals in
@@ -114,41 +127,12 @@ class TinvNNSegmentation(nn.Module):
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__()
-        cfg = {**SEG_DEFAULTS, **{k: v for k, v in config.items() if k not in METADATA}}
-        unknown = set(cfg) - set(SEG_DEFAULTS)
-        if unknown:
-            raise ValueError(f"tinvnn_seg config: unknown keys {sorted(unknown)}")
-        self.config = cfg
-        self.use_normals = bool(cfg["use_normals"])
-        self.num_categories = int(cfg["num_categories"])
-        layers, width = [], 6 if self.use_normals else 3
-        for w in cfg["widths"]:
-            layers += [nn.Linear(width, w), nn.BatchNorm1d(w), nn.ReLU()]
-            width = w
-        self.point_mlp = nn.Sequential(*layers)
-        head_in = 2 * width + self.num_categories
-        self.head = nn.Sequential(
-            nn.Linear(head_in, cfg["head"]),
-            nn.BatchNorm1d(cfg["head"]),
-            nn.ReLU(),
-            nn.Dropout(cfg["dropout"]),
-            nn.Linear(cfg["head"], cfg["num_parts"]),
-        )
+        super().__init__(config, SEG_DEFAULTS, "tinvnn_seg")
+        self.num_categories = int(self.config["num_categories"])
+        self.head = self._head(2 * self.width + self.num_categories, self.config["num_parts"])
 
     def forward(self, data) -> Tensor:
-        pos = data.pos
-        batch = (
-            data.batch
-            if getattr(data, "batch", None) is not None
-            else pos.new_zeros(len(pos), dtype=torch.long)
-        )
-        num_graphs = int(data.num_graphs) if hasattr(data, "num_graphs") else 1
-        normal = getattr(data, "normal", None) if self.use_normals else None
-        if self.use_normals and normal is None:
-            raise ValueError("this TinvNN was trained with normals: the batch needs a 'normal' [N, 3] field")
-        y, n, _ = mds_coordinates(pos, batch, num_graphs, normal)
-        h = self.point_mlp(y if n is None else torch.cat([y, n], dim=1))
+        h, batch, num_graphs = self.local_features(data)
         pooled = scatter(h, batch, 0, num_graphs, "max")[batch]
         category = nn.functional.one_hot(data.y.reshape(-1), self.num_categories).to(h.dtype)[batch]
         return self.head(torch.cat([h, pooled, category], dim=1))

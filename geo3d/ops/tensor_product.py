@@ -89,7 +89,7 @@ def _reference_paths(x1: Tensor, x2: Tensor, w: Tensor, paths: Tensor, path_weig
                 f"zui,zvj,ijk,{ws}uvw->zwk" if uvw else f"zui,zvj,ijk,{ws}uv->zuk",
                 x1[:, s1].reshape(z, mul1, d1),
                 x2[:, s2].reshape(z, mul2, d2),
-                dense_wigner_3j(l1, l2, l3).to(x1.dtype),
+                dense_wigner_3j(l1, l2, l3).to(x1.device, x1.dtype),
                 wp,
                 pw,
                 s1,

@@ -1,0 +1,412 @@
+// CUDA tensor product and fused tensor-product convolution: torch glue around the
+// kernels of tensor_product_cuda_kernels.cu. Compiled only in CUDA builds (setup.py
+// drops *_cuda.cpp otherwise); the kernels' file has another base name because
+// setuptools gives x.cpp and x.cu the same object file.
+//
+// Same ops, checks and maths as tensor_product_cpu.cpp, and the same determinism
+// rules: the convolution forward walks receivers, its backward walks senders (edges
+// grouped on the device by a stable sort, so edge order is kept within a node), every
+// output element has one writer, no atomics; shared-weight gradients are summed per
+// fixed unit of rows, then the units in order. The plan tables (CPU or CUDA tensors)
+// are checked and converted on the host and copied to the device on every call
+// (nothing is cached). Host syncs: the table copies, and the edge_index range check.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "geo3d/tensor_product_core.h"
+#include "tensor_product_cuda.h"
+
+namespace geo3d {
+namespace {
+
+namespace tpc = cuda::tpc;
+
+constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+
+// A feature tensor: dims, dtype, and the device of the op's first input.
+void check_tensor(const at::Tensor& t, const char* op, const char* name, int64_t dim, at::ScalarType dtype,
+                  const at::Device& device) {
+  TORCH_CHECK(t.dim() == dim, op, ": '", name, "' must have ", dim, " dimensions, got shape ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == dtype, op, ": '", name, "' must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.device() == device, op, ": '", name, "' must be on ", device, " like the features, got ",
+              t.device());
+}
+
+// A plan table: dims and dtype; on the CPU or on a CUDA device (copied to the host).
+void check_table(const at::Tensor& t, const char* op, const char* name, int64_t dim, at::ScalarType dtype) {
+  TORCH_CHECK(t.dim() == dim, op, ": '", name, "' must have ", dim, " dimensions, got shape ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == dtype, op, ": '", name, "' must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.is_cpu() || t.is_cuda(), op, ": '", name, "' must be a CPU or CUDA tensor, got ", t.device());
+}
+
+void check_size(const at::Tensor& t, const char* op, const char* name, int64_t d, int64_t expected) {
+  TORCH_CHECK(t.size(d) == expected, op, ": '", name, "' has size ", t.size(d), " in dimension ", d,
+              ", expected ", expected, " (shape ", t.sizes(), ")");
+}
+
+// The tables of geo3d/o3/tp_plan.py -> a host tp::Plan (as make_plan of tensor_product_cpu.cpp,
+// with the checks the device needs on top: non-negative sizes, uvu paths with mul1 = mulo).
+template <typename T>
+tp::Plan<T> make_plan(const char* op, const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
+                      const at::Tensor& path_weight, int64_t dim1, int64_t dim2, int64_t dim_out) {
+  check_table(paths, op, "paths", 2, at::kLong);
+  check_size(paths, op, "paths", 1, tp::kNumPathFields);
+  check_table(cg_index, op, "cg_index", 2, at::kLong);
+  check_size(cg_index, op, "cg_index", 1, 3);
+  check_table(cg_value, op, "cg_value", 1, at::kDouble);
+  check_table(path_weight, op, "path_weight", 1, at::kDouble);
+  check_size(path_weight, op, "path_weight", 0, paths.size(0));
+  check_size(cg_index, op, "cg_index", 0, cg_value.size(0));
+  TORCH_CHECK(dim1 <= kIntMax && dim2 <= kIntMax && dim_out >= 0 && dim_out <= kIntMax && cg_value.size(0) <= kIntMax,
+              op, ": feature or table sizes beyond 2^31 - 1 are not supported");
+  tp::Plan<T> plan;
+  plan.dim1 = int(dim1);
+  plan.dim2 = int(dim2);
+  plan.dim_out = int(dim_out);
+  const auto P = paths.cpu().contiguous();
+  const auto I = cg_index.cpu().contiguous();
+  const auto V = cg_value.cpu().contiguous();
+  const auto W = path_weight.cpu().contiguous();
+  const int64_t* pp = P.data_ptr<int64_t>();
+  for (int64_t r = 0; r < P.size(0); ++r) {
+    const int64_t* f = pp + r * tp::kNumPathFields;
+    bool ok = true;
+    for (int c = 0; c < tp::kNumPathFields; ++c)
+      if (c != tp::kWOff) ok = ok && f[c] >= 0 && f[c] <= kIntMax / 8;
+    TORCH_CHECK(ok, op, ": path ", r, " has a negative or huge entry; the plan tables are corrupt");
+    tp::Path<T> p;
+    p.mode = int(f[tp::kMode]);
+    p.d1 = int(2 * f[tp::kL1] + 1);
+    p.d2 = int(2 * f[tp::kL2] + 1);
+    p.d3 = int(2 * f[tp::kL3] + 1);
+    p.mul1 = int(f[tp::kMul1]);
+    p.mul2 = int(f[tp::kMul2]);
+    p.mulo = int(f[tp::kMulOut]);
+    p.off1 = int(f[tp::kOff1]);
+    p.off2 = int(f[tp::kOff2]);
+    p.offo = int(f[tp::kOffOut]);
+    p.woff = f[tp::kWOff];
+    p.cg_start = int(f[tp::kCgStart]);
+    p.cg_end = int(f[tp::kCgEnd]);
+    p.pw = T(W.data_ptr<double>()[r]);
+    TORCH_CHECK(p.off1 + int64_t(p.mul1) * p.d1 <= dim1 && p.off2 + int64_t(p.mul2) * p.d2 <= dim2 &&
+                    p.offo + int64_t(p.mulo) * p.d3 <= dim_out && p.cg_end <= V.size(0) && p.cg_start <= p.cg_end,
+                op, ": path ", r, " does not fit the input/output sizes; the plan tables are corrupt");
+    TORCH_CHECK(p.mode == tp::kUVW || p.mode == tp::kUVU, op, ": path ", r, " has unknown mode ", p.mode);
+    TORCH_CHECK(p.mode != tp::kUVU || p.mul1 == p.mulo, op, ": path ", r, " is 'uvu' with mul(in1) = ", p.mul1,
+                " != mul(out) = ", p.mulo, "; the plan tables are corrupt");
+    TORCH_CHECK(p.woff >= -1, op, ": path ", r, " has weight offset ", p.woff, "; the plan tables are corrupt");
+    plan.max_mul = std::max({plan.max_mul, p.mul1, p.mulo});
+    plan.max_d13 = std::max(plan.max_d13, p.d1 * p.d3);
+    if (p.woff >= 0) {
+      const int64_t n = p.mode == tp::kUVW ? int64_t(p.mul1) * p.mul2 * p.mulo : int64_t(p.mul1) * p.mul2;
+      plan.weight_numel = std::max(plan.weight_numel, p.woff + n);
+    }
+    plan.paths.push_back(p);
+  }
+  const int64_t* ip = I.data_ptr<int64_t>();
+  const double* vp = V.data_ptr<double>();
+  for (int64_t n = 0; n < V.size(0); ++n)
+    plan.cg.push_back({int(ip[3 * n]), int(ip[3 * n + 1]), int(ip[3 * n + 2]), T(vp[n])});
+  return plan;
+}
+
+// The plan's device tables; `blob` keeps them alive (the caching allocator orders its
+// reuse after the kernels of this stream).
+template <typename T>
+struct DeviceTables {
+  tpc::HostTables<T> host;
+  at::Tensor blob;
+  tpc::Tables<T> view;
+};
+
+template <typename T>
+DeviceTables<T> upload_tables(const char* op, const tp::Plan<T>& plan, const at::Device& device) {
+  DeviceTables<T> d;
+  const std::string err = tpc::make_tables(plan, d.host);
+  TORCH_CHECK(err.empty(), op, ": ", err, "; the plan tables are corrupt");
+  std::vector<unsigned char> bytes;
+  const tpc::BlobLayout layout = tpc::pack_tables(d.host, bytes);
+  at::Tensor host = at::empty({static_cast<int64_t>(bytes.size())}, at::kByte);
+  std::memcpy(host.data_ptr(), bytes.data(), bytes.size());
+  d.blob = host.to(device);
+  d.view = tpc::tables_at(d.host, layout, d.blob.data_ptr());
+  return d;
+}
+
+struct Weights {
+  bool shared;
+  int64_t stride;  // elements between rows (0 when shared)
+};
+
+Weights check_weights(const char* op, const at::Tensor& w, int64_t rows, int64_t weight_numel, at::ScalarType dtype,
+                      const at::Device& device, const char* rows_name) {
+  TORCH_CHECK(w.dim() == 1 || w.dim() == 2, op, ": 'w' must be [weight_numel] (shared) or [", rows_name,
+              ", weight_numel], got shape ", w.sizes());
+  TORCH_CHECK(w.scalar_type() == dtype, op, ": 'w' must be ", dtype, " like the features, got ", w.scalar_type());
+  TORCH_CHECK(w.device() == device, op, ": 'w' must be on ", device, " like the features, got ", w.device());
+  TORCH_CHECK(w.size(-1) >= weight_numel, op, ": 'w' has ", w.size(-1), " weights per row, the plan needs ",
+              weight_numel);
+  if (w.dim() == 2) check_size(w, op, "w", 0, rows);
+  return {w.dim() == 1, w.dim() == 1 ? 0 : w.size(1)};
+}
+
+void check_edge_index(const char* op, const at::Tensor& edge_index, int64_t num_nodes, int64_t num_edges,
+                      const at::Device& device) {
+  check_tensor(edge_index, op, "edge_index", 2, at::kLong, device);
+  check_size(edge_index, op, "edge_index", 0, 2);
+  check_size(edge_index, op, "edge_index", 1, num_edges);
+  if (num_edges == 0) return;
+  const auto [lo, hi] = at::aminmax(edge_index);
+  const int64_t l = lo.item<int64_t>(), h = hi.item<int64_t>();
+  TORCH_CHECK(l >= 0 && h < num_nodes, op, ": 'edge_index' holds node ", l < 0 ? l : h, ", outside [0, ",
+              num_nodes, ")");
+}
+
+// Edges grouped by one end, on the device: ptr [n + 1], perm [E]. The sort is stable, so
+// a node's edges keep their order (as the CPU's counting sort keeps it).
+std::pair<at::Tensor, at::Tensor> group_edges(const at::Tensor& node, int64_t n) {
+  const auto sorted = node.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const at::Tensor ptr = at::searchsorted(std::get<0>(sorted), at::arange(n + 1, node.options()));
+  return {ptr.contiguous(), std::get<1>(sorted).contiguous()};
+}
+
+void check_dtype(const char* op, const at::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+              ": float32 or float64 inputs, got ", x.scalar_type());
+  TORCH_CHECK(x.is_cuda(), op, " (CUDA): inputs must be CUDA tensors, got ", x.device());
+}
+
+// Forward pass over `items` work items (see tpc::ForwardArgs).
+template <typename T>
+void run_forward(const DeviceTables<T>& tables, tpc::ForwardArgs<T> args, const at::TensorOptions& options) {
+  tpc::LaunchShape shape;
+  C10_CUDA_CHECK(tpc::forward_shape<T>(tables.view, args.items, &shape));
+  at::Tensor workspace;
+  if (shape.workspace_elems > 0) workspace = at::empty({shape.workspace_elems}, options);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  C10_CUDA_CHECK(tpc::launch_forward<T>(tables.view, args, shape,
+                                        workspace.defined() ? workspace.data_ptr<T>() : nullptr, stream));
+}
+
+// Backward pass; with shared weights, through per-unit buffers reduced into gw in order.
+template <typename T>
+void run_backward(const DeviceTables<T>& tables, tpc::BackwardArgs<T> args, bool shared, int64_t nw, at::Tensor& gw,
+                  const at::TensorOptions& options) {
+  at::Tensor partial;
+  if (nw == 0) {
+    args.gw = nullptr;
+    args.gw_unit_stride = args.gw_edge_stride = 0;
+    args.units = args.items;
+  } else if (shared) {
+    args.units = tpc::weight_grad_units(args.items, nw);
+    partial = at::zeros({args.units, nw}, options);
+    args.gw = partial.data_ptr<T>();
+    args.gw_unit_stride = nw;
+    args.gw_edge_stride = 0;
+  } else {
+    args.units = args.items;
+    args.gw = gw.data_ptr<T>();
+    args.gw_unit_stride = 0;
+    args.gw_edge_stride = nw;
+  }
+  tpc::LaunchShape shape;
+  C10_CUDA_CHECK(tpc::backward_shape<T>(tables.view, args.units, &shape));
+  at::Tensor workspace;
+  if (shape.workspace_elems > 0) workspace = at::empty({shape.workspace_elems}, options);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  C10_CUDA_CHECK(tpc::launch_backward<T>(tables.view, args, shape,
+                                         workspace.defined() ? workspace.data_ptr<T>() : nullptr, stream));
+  if (partial.defined())
+    C10_CUDA_CHECK(tpc::launch_reduce_units<T>(partial.data_ptr<T>(), args.units, nw, gw.data_ptr<T>(), stream));
+}
+
+// --------------------------------------------------------------------------- plain TP
+template <typename T>
+at::Tensor tp_forward_impl(const char* op, const at::Tensor& x1_, const at::Tensor& x2_, const at::Tensor& w_,
+                           const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
+                           const at::Tensor& path_weight, int64_t dim_out) {
+  const int64_t Z = x1_.size(0);
+  const auto plan = make_plan<T>(op, paths, cg_index, cg_value, path_weight, x1_.size(1), x2_.size(1), dim_out);
+  const Weights wi = check_weights(op, w_, Z, plan.weight_numel, x1_.scalar_type(), x1_.device(), "batch");
+  auto out = at::zeros({Z, dim_out}, x1_.options());
+  if (Z == 0 || plan.paths.empty()) return out;
+  const auto x1 = x1_.contiguous(), x2 = x2_.contiguous(), w = w_.contiguous();
+  const DeviceTables<T> tables = upload_tables<T>(op, plan, x1.device());
+  tpc::ForwardArgs<T> args{x1.data_ptr<T>(), x2.data_ptr<T>(), w.data_ptr<T>(), wi.stride, out.data_ptr<T>(), Z,
+                           nullptr,          nullptr,          nullptr};
+  run_forward<T>(tables, args, x1.options());
+  return out;
+}
+
+at::Tensor tp_forward_cuda(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& w, const at::Tensor& paths,
+                           const at::Tensor& cg_index, const at::Tensor& cg_value, const at::Tensor& path_weight,
+                           int64_t dim_out) {
+  const char* op = "geo3d::tp_forward";
+  check_dtype(op, x1);
+  const auto dtype = x1.scalar_type();
+  check_tensor(x1, op, "x1", 2, dtype, x1.device());
+  check_tensor(x2, op, "x2", 2, dtype, x1.device());
+  check_size(x2, op, "x2", 0, x1.size(0));
+  const c10::cuda::CUDAGuard guard(x1.device());  // allocations, stream and launches on x1's device
+  if (dtype == at::kDouble)
+    return tp_forward_impl<double>(op, x1, x2, w, paths, cg_index, cg_value, path_weight, dim_out);
+  return tp_forward_impl<float>(op, x1, x2, w, paths, cg_index, cg_value, path_weight, dim_out);
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_backward_impl(const char* op, const at::Tensor& x1_,
+                                                                const at::Tensor& x2_, const at::Tensor& w_,
+                                                                const at::Tensor& grad_, const at::Tensor& paths,
+                                                                const at::Tensor& cg_index,
+                                                                const at::Tensor& cg_value,
+                                                                const at::Tensor& path_weight) {
+  const int64_t Z = x1_.size(0);
+  const int64_t dim_out = grad_.size(1);
+  const auto plan = make_plan<T>(op, paths, cg_index, cg_value, path_weight, x1_.size(1), x2_.size(1), dim_out);
+  const Weights wi = check_weights(op, w_, Z, plan.weight_numel, x1_.scalar_type(), x1_.device(), "batch");
+  auto gx1 = at::zeros_like(x1_, at::MemoryFormat::Contiguous);
+  auto gx2 = at::zeros_like(x2_, at::MemoryFormat::Contiguous);
+  auto gw = at::zeros_like(w_, at::MemoryFormat::Contiguous);
+  if (Z == 0 || plan.paths.empty()) return {gx1, gx2, gw};
+  const auto x1 = x1_.contiguous(), x2 = x2_.contiguous(), w = w_.contiguous(), g = grad_.contiguous();
+  const DeviceTables<T> tables = upload_tables<T>(op, plan, x1.device());
+  tpc::BackwardArgs<T> args{};
+  args.x1 = x1.data_ptr<T>();
+  args.x2 = x2.data_ptr<T>();
+  args.w = w.data_ptr<T>();
+  args.w_stride = wi.stride;
+  args.grad = g.data_ptr<T>();
+  args.gx1 = gx1.data_ptr<T>();
+  args.gx2 = gx2.data_ptr<T>();
+  args.items = Z;
+  args.ptr = args.perm = args.node = nullptr;
+  run_backward<T>(tables, args, wi.shared, w.size(-1), gw, x1.options());
+  return {gx1, gx2, gw};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_backward_cuda(const at::Tensor& x1, const at::Tensor& x2,
+                                                                const at::Tensor& w, const at::Tensor& grad,
+                                                                const at::Tensor& paths, const at::Tensor& cg_index,
+                                                                const at::Tensor& cg_value,
+                                                                const at::Tensor& path_weight) {
+  const char* op = "geo3d::tp_backward";
+  check_dtype(op, x1);
+  const auto dtype = x1.scalar_type();
+  check_tensor(x1, op, "x1", 2, dtype, x1.device());
+  check_tensor(x2, op, "x2", 2, dtype, x1.device());
+  check_tensor(grad, op, "grad", 2, dtype, x1.device());
+  check_size(x2, op, "x2", 0, x1.size(0));
+  check_size(grad, op, "grad", 0, x1.size(0));
+  const c10::cuda::CUDAGuard guard(x1.device());
+  if (dtype == at::kDouble)
+    return tp_backward_impl<double>(op, x1, x2, w, grad, paths, cg_index, cg_value, path_weight);
+  return tp_backward_impl<float>(op, x1, x2, w, grad, paths, cg_index, cg_value, path_weight);
+}
+
+// --------------------------------------------------------------------------- fused convolution
+// out[i] = sum over edges e = (j -> i) of TP(x[j], sh[e], w[e]); edge_index[0] = j, [1] = i.
+template <typename T>
+at::Tensor tp_conv_forward_impl(const char* op, const at::Tensor& x_, const at::Tensor& sh_, const at::Tensor& w_,
+                                const at::Tensor& edge_index, const at::Tensor& paths, const at::Tensor& cg_index,
+                                const at::Tensor& cg_value, const at::Tensor& path_weight, int64_t dim_out) {
+  const int64_t N = x_.size(0), E = sh_.size(0);
+  const auto plan = make_plan<T>(op, paths, cg_index, cg_value, path_weight, x_.size(1), sh_.size(1), dim_out);
+  const Weights wi = check_weights(op, w_, E, plan.weight_numel, x_.scalar_type(), x_.device(), "E");
+  auto out = at::zeros({N, dim_out}, x_.options());
+  if (N == 0 || E == 0 || plan.paths.empty()) return out;
+  const auto x = x_.contiguous(), sh = sh_.contiguous(), w = w_.contiguous(), ei = edge_index.contiguous();
+  const auto [ptr, perm] = group_edges(ei[1], N);  // by receiver
+  const DeviceTables<T> tables = upload_tables<T>(op, plan, x.device());
+  tpc::ForwardArgs<T> args{x.data_ptr<T>(),        sh.data_ptr<T>(),         w.data_ptr<T>(),
+                           wi.stride,              out.data_ptr<T>(),        N,
+                           ptr.data_ptr<int64_t>(), perm.data_ptr<int64_t>(), ei.data_ptr<int64_t>()};
+  run_forward<T>(tables, args, x.options());
+  return out;
+}
+
+at::Tensor tp_conv_forward_cuda(const at::Tensor& x, const at::Tensor& sh, const at::Tensor& w,
+                                const at::Tensor& edge_index, const at::Tensor& paths, const at::Tensor& cg_index,
+                                const at::Tensor& cg_value, const at::Tensor& path_weight, int64_t dim_out) {
+  const char* op = "geo3d::tp_conv_forward";
+  check_dtype(op, x);
+  const auto dtype = x.scalar_type();
+  check_tensor(x, op, "x", 2, dtype, x.device());
+  check_tensor(sh, op, "sh", 2, dtype, x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_edge_index(op, edge_index, x.size(0), sh.size(0), x.device());
+  if (dtype == at::kDouble)
+    return tp_conv_forward_impl<double>(op, x, sh, w, edge_index, paths, cg_index, cg_value, path_weight, dim_out);
+  return tp_conv_forward_impl<float>(op, x, sh, w, edge_index, paths, cg_index, cg_value, path_weight, dim_out);
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_conv_backward_impl(
+    const char* op, const at::Tensor& x_, const at::Tensor& sh_, const at::Tensor& w_, const at::Tensor& edge_index,
+    const at::Tensor& grad_, const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
+    const at::Tensor& path_weight) {
+  const int64_t N = x_.size(0), E = sh_.size(0);
+  const int64_t dim_out = grad_.size(1);
+  const auto plan = make_plan<T>(op, paths, cg_index, cg_value, path_weight, x_.size(1), sh_.size(1), dim_out);
+  const Weights wi = check_weights(op, w_, E, plan.weight_numel, x_.scalar_type(), x_.device(), "E");
+  auto gx = at::zeros_like(x_, at::MemoryFormat::Contiguous);
+  auto gsh = at::zeros_like(sh_, at::MemoryFormat::Contiguous);
+  auto gw = at::zeros_like(w_, at::MemoryFormat::Contiguous);
+  if (N == 0 || E == 0 || plan.paths.empty()) return {gx, gsh, gw};
+  const auto x = x_.contiguous(), sh = sh_.contiguous(), w = w_.contiguous(), g = grad_.contiguous();
+  const auto ei = edge_index.contiguous();
+  const auto [ptr, perm] = group_edges(ei[0], N);  // by sender
+  const DeviceTables<T> tables = upload_tables<T>(op, plan, x.device());
+  tpc::BackwardArgs<T> args{};
+  args.x1 = x.data_ptr<T>();
+  args.x2 = sh.data_ptr<T>();
+  args.w = w.data_ptr<T>();
+  args.w_stride = wi.stride;
+  args.grad = g.data_ptr<T>();
+  args.gx1 = gx.data_ptr<T>();
+  args.gx2 = gsh.data_ptr<T>();
+  args.items = N;
+  args.ptr = ptr.data_ptr<int64_t>();
+  args.perm = perm.data_ptr<int64_t>();
+  args.node = ei.data_ptr<int64_t>() + E;  // receiver of each edge: its output-gradient row
+  run_backward<T>(tables, args, wi.shared, w.size(-1), gw, x.options());
+  return {gx, gsh, gw};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_conv_backward_cuda(
+    const at::Tensor& x, const at::Tensor& sh, const at::Tensor& w, const at::Tensor& edge_index,
+    const at::Tensor& grad, const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
+    const at::Tensor& path_weight) {
+  const char* op = "geo3d::tp_conv_backward";
+  check_dtype(op, x);
+  const auto dtype = x.scalar_type();
+  check_tensor(x, op, "x", 2, dtype, x.device());
+  check_tensor(sh, op, "sh", 2, dtype, x.device());
+  check_tensor(grad, op, "grad", 2, dtype, x.device());
+  check_size(grad, op, "grad", 0, x.size(0));
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_edge_index(op, edge_index, x.size(0), sh.size(0), x.device());
+  if (dtype == at::kDouble)
+    return tp_conv_backward_impl<double>(op, x, sh, w, edge_index, grad, paths, cg_index, cg_value, path_weight);
+  return tp_conv_backward_impl<float>(op, x, sh, w, edge_index, grad, paths, cg_index, cg_value, path_weight);
+}
+
+}  // namespace
+}  // namespace geo3d
+
+TORCH_LIBRARY_IMPL(geo3d, CUDA, m) {
+  m.impl("tp_forward", &geo3d::tp_forward_cuda);
+  m.impl("tp_backward", &geo3d::tp_backward_cuda);
+  m.impl("tp_conv_forward", &geo3d::tp_conv_forward_cuda);
+  m.impl("tp_conv_backward", &geo3d::tp_conv_backward_cuda);
+}

@@ -25,6 +25,7 @@
 // the radius graph, whose exactness across CPU and CUDA depends on it; nothing here does).
 #pragma GCC optimize("fp-contract=fast")
 #include "geo3d/tensor_product_core.h"
+#include "tensor_product_common.h"
 
 namespace geo3d {
 namespace {
@@ -43,64 +44,8 @@ void check_tensor(const at::Tensor& t, const char* op, const char* name, int64_t
   TORCH_CHECK(t.device().is_cpu(), op, ": '", name, "' must be on the CPU, got ", t.device());
 }
 
-void check_size(const at::Tensor& t, const char* op, const char* name, int64_t d, int64_t expected) {
-  TORCH_CHECK(t.size(d) == expected, op, ": '", name, "' has size ", t.size(d), " in dimension ", d,
-              ", expected ", expected, " (shape ", t.sizes(), ")");
-}
-
-template <typename T>
-Plan<T> make_plan(const char* op, const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
-                  const at::Tensor& path_weight, int64_t dim1, int64_t dim2, int64_t dim_out) {
-  check_tensor(paths, op, "paths", 2, at::kLong);
-  check_size(paths, op, "paths", 1, tp::kNumPathFields);
-  check_tensor(cg_index, op, "cg_index", 2, at::kLong);
-  check_tensor(cg_value, op, "cg_value", 1, at::kDouble);
-  check_tensor(path_weight, op, "path_weight", 1, at::kDouble);
-  check_size(path_weight, op, "path_weight", 0, paths.size(0));
-  check_size(cg_index, op, "cg_index", 0, cg_value.size(0));
-  Plan<T> plan;
-  plan.dim1 = int(dim1);
-  plan.dim2 = int(dim2);
-  plan.dim_out = int(dim_out);
-  const auto P = paths.contiguous();
-  const auto I = cg_index.contiguous();
-  const auto V = cg_value.contiguous();
-  const auto W = path_weight.contiguous();
-  const int64_t* pp = P.data_ptr<int64_t>();
-  for (int64_t r = 0; r < P.size(0); ++r) {
-    const int64_t* f = pp + r * tp::kNumPathFields;
-    tp::Path<T> p;
-    p.mode = int(f[tp::kMode]);
-    p.d1 = int(2 * f[tp::kL1] + 1);
-    p.d2 = int(2 * f[tp::kL2] + 1);
-    p.d3 = int(2 * f[tp::kL3] + 1);
-    p.mul1 = int(f[tp::kMul1]);
-    p.mul2 = int(f[tp::kMul2]);
-    p.mulo = int(f[tp::kMulOut]);
-    p.off1 = int(f[tp::kOff1]);
-    p.off2 = int(f[tp::kOff2]);
-    p.offo = int(f[tp::kOffOut]);
-    p.woff = f[tp::kWOff];
-    p.cg_start = int(f[tp::kCgStart]);
-    p.cg_end = int(f[tp::kCgEnd]);
-    p.pw = T(W.data_ptr<double>()[r]);
-    TORCH_CHECK(p.off1 + p.mul1 * p.d1 <= dim1 && p.off2 + p.mul2 * p.d2 <= dim2 &&
-                    p.offo + p.mulo * p.d3 <= dim_out && p.cg_end <= V.size(0) && p.cg_start <= p.cg_end,
-                op, ": path ", r, " does not fit the input/output sizes; the plan tables are corrupt");
-    TORCH_CHECK(p.mode == tp::kUVW || p.mode == tp::kUVU, op, ": path ", r, " has unknown mode ", p.mode);
-    plan.max_mul = std::max({plan.max_mul, p.mul1, p.mulo});
-    plan.max_d13 = std::max(plan.max_d13, p.d1 * p.d3);
-    if (p.woff >= 0) {
-      const int64_t n = p.mode == tp::kUVW ? int64_t(p.mul1) * p.mul2 * p.mulo : int64_t(p.mul1) * p.mul2;
-      plan.weight_numel = std::max(plan.weight_numel, p.woff + n);
-    }
-    plan.paths.push_back(p);
-  }
-  const int64_t* ip = I.data_ptr<int64_t>();
-  const double* vp = V.data_ptr<double>();
-  for (int64_t n = 0; n < V.size(0); ++n) plan.cg.push_back({int(ip[3 * n]), int(ip[3 * n + 1]), int(ip[3 * n + 2]), T(vp[n])});
-  return plan;
-}
+using tp_tables::check_size;
+using tp_tables::make_plan;
 
 // The distinct irrep blocks of in1 and out that the paths touch.
 template <typename T>

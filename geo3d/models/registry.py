@@ -30,6 +30,7 @@ ARCHITECTURE_MODULES: list[str] = [
     "geo3d.models.potential",
     "geo3d.models.tinvnn",
     "geo3d.models.dgcnn",
+    "geo3d.models.votenet",
 ]
 
 

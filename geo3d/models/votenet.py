@@ -1,0 +1,223 @@
+"""VoteNet (Qi et al., ICCV 2019): a PointNet++ backbone feeding geo3d's detection head.
+
+The backbone is a small single-scale PointNet++ (Qi et al., NeurIPS 2017):
+set-abstraction levels (farthest-point sampling of centres, the ``k`` nearest
+points within a radius through :func:`geo3d.ops.point_ops.knn_graph`, a shared
+MLP on ``[(p_j - p_c) / r, f_j]``, max-pool), then optionally one
+feature-propagation step (inverse-distance interpolation from the last level
+back to the one before, VoteNet's seeds). Features see only relative
+coordinates (and normals if asked), so the seeds' features are translation
+invariant and the boxes translate with the scene. Sampling starts from the
+point farthest from the centroid, so the output does not depend on point order.
+
+The head needs only ``(seed_pos, seed_feat)``: any module with ``forward(data)
+-> Seeds`` and an ``out_channels`` attribute can replace the backbone (pass it
+as ``backbone=`` or add a builder to :data:`BACKBONES`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from geo3d.models.registry import register_architecture
+from geo3d.nn.heads.detection import DetectionHead, PointMLP, canonical_fps, gather_points
+from geo3d.ops.point_ops import knn_graph
+
+DEFAULTS: dict[str, Any] = {
+    "num_classes": 8,
+    "mean_sizes": None,  # [num_classes, 3]; None: unit boxes (tasks fill in the training set's means)
+    "num_heading_bins": 12,
+    "backbone": "pointnet2",
+    "use_normals": False,
+    "sa_points": [1024, 512, 256],
+    "sa_radius": [0.2, 0.4, 0.8],
+    "sa_k": [32, 32, 16],
+    "sa_widths": [[64, 64, 128], [128, 128, 256], [128, 128, 256]],
+    "fp_widths": [256, 256],  # [] -> the seeds are the last level's centres
+    "num_proposals": 128,
+    "vote_radius": 0.3,
+    "vote_k": 16,
+    "head_width": 128,
+}
+METADATA = ("arch", "num_points", "train_rotation", "class_names")
+
+
+class Seeds(NamedTuple):
+    """What a backbone hands the head: ``pos [B, S, 3]``, ``feat [B, S, C]``, ``index [B, S]``.
+
+    ``index`` points into the input's flat ``pos [N, 3]`` (for per-seed labels).
+    """
+
+    pos: Tensor
+    feat: Tensor
+    index: Tensor
+
+
+def _scene_ptr(data: Any) -> Tensor:
+    n = data.pos.shape[0]
+    batch = getattr(data, "batch", None)
+    if batch is None:
+        return torch.tensor([0, n])
+    counts = torch.bincount(batch.detach().cpu(), minlength=int(getattr(data, "num_graphs", 1)))
+    return torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+
+
+class SetAbstraction(nn.Module):
+    """One PointNet++ level: ``m`` FPS centres, ``k`` nearest within ``radius``, MLP, max-pool."""
+
+    def __init__(self, m: int, radius: float, k: int, c_in: int, widths: list[int]) -> None:
+        super().__init__()
+        self.m, self.radius, self.k = int(m), float(radius), int(k)
+        self.mlp = PointMLP(3 + c_in, widths)
+        self.out_channels = self.mlp.out_channels
+
+    def forward(self, pos: Tensor, feat: Tensor | None, ptr: Tensor) -> tuple[Tensor, Tensor]:
+        """``pos [N, 3]``, ``feat [N, C]`` of scenes at ``ptr`` -> centre indices ``[B, m]``, features ``[B, m, C']``."""
+        centres = canonical_fps(pos, ptr, self.m)  # [B, m] into pos
+        sizes = ptr[1:] - ptr[:-1]
+        if int(sizes.min()) < self.k:
+            raise ValueError(
+                f"set abstraction: k={self.k} neighbours but a scene has {int(sizes.min())} points"
+            )
+        batch = torch.repeat_interleave(torch.arange(len(sizes), device=pos.device), sizes.to(pos.device))
+        edges = knn_graph(pos, self.k, batch=batch, loop=True, num_graphs=len(sizes))
+        nbr = edges[0].reshape(len(pos), self.k)[centres]  # [B, m, k], nearest first (the centre itself)
+        rel = pos[nbr] - pos[centres][:, :, None]
+        d2 = (rel.detach() ** 2).sum(-1)
+        nbr = torch.where(d2 <= self.radius**2, nbr, nbr[..., :1])  # ball query: pad with the nearest
+        h = (pos[nbr] - pos[centres][:, :, None]) / self.radius
+        if feat is not None:
+            h = torch.cat([h, feat[nbr]], dim=-1)
+        return centres, self.mlp(h).max(dim=2).values
+
+
+class FeaturePropagation(nn.Module):
+    """Inverse-distance interpolation (3 nearest) from coarse to fine points, concat skip, MLP."""
+
+    def __init__(self, c_coarse: int, c_fine: int, widths: list[int]) -> None:
+        super().__init__()
+        self.mlp = PointMLP(c_coarse + c_fine, widths)
+        self.out_channels = self.mlp.out_channels
+
+    def forward(self, fine_pos: Tensor, fine_feat: Tensor, coarse_pos: Tensor, coarse_feat: Tensor) -> Tensor:
+        """``[B, F, 3]``, ``[B, F, C_f]``, ``[B, M, 3]``, ``[B, M, C_c]`` -> ``[B, F, C']``."""
+        d2 = ((fine_pos.detach()[:, :, None] - coarse_pos.detach()[:, None]) ** 2).sum(-1)  # [B, F, M]
+        d2, idx = torch.topk(d2, min(3, coarse_pos.shape[1]), dim=-1, largest=False)
+        w = 1.0 / (d2.sqrt() + 1e-8)
+        w = w / w.sum(-1, keepdim=True)
+        interp = (gather_points(coarse_feat, idx) * w[..., None]).sum(2)
+        return self.mlp(torch.cat([interp, fine_feat], dim=-1))
+
+
+class PointNet2Backbone(nn.Module):
+    """Set-abstraction levels (+ one feature propagation) -> :class:`Seeds`."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.use_normals = bool(cfg["use_normals"])
+        c = 3 if self.use_normals else 0
+        self.levels = nn.ModuleList()
+        for m, r, k, w in zip(cfg["sa_points"], cfg["sa_radius"], cfg["sa_k"], cfg["sa_widths"], strict=True):
+            self.levels.append(SetAbstraction(m, r, k, c, list(w)))
+            c = self.levels[-1].out_channels
+        self.fp = None
+        if cfg["fp_widths"]:
+            c_fine = self.levels[-2].out_channels
+            self.fp = FeaturePropagation(c, c_fine, list(cfg["fp_widths"]))
+            c = self.fp.out_channels
+        self.out_channels = c
+
+    def forward(self, data: Any) -> Seeds:
+        pos, ptr = data.pos, _scene_ptr(data)
+        feat = data.normal if self.use_normals else None
+        levels: list[tuple[Tensor, Tensor, Tensor]] = []  # per level: pos [B, m, 3], feat, input index [B, m]
+        for sa in self.levels:
+            centres, feat_b = sa(pos, feat, ptr)
+            b, m = centres.shape
+            index = centres if not levels else levels[-1][2].reshape(-1)[centres]
+            pos, feat, ptr = pos[centres.reshape(-1)], feat_b.reshape(b * m, -1), torch.arange(b + 1) * m
+            levels.append((pos.reshape(b, m, 3), feat_b, index))
+        if self.fp is None:
+            return Seeds(*levels[-1])
+        (fine_pos, fine_feat, fine_index), (coarse_pos, coarse_feat, _) = levels[-2], levels[-1]
+        return Seeds(fine_pos, self.fp(fine_pos, fine_feat, coarse_pos, coarse_feat), fine_index)
+
+
+BACKBONES: dict[str, Callable[[dict[str, Any]], nn.Module]] = {"pointnet2": PointNet2Backbone}
+
+
+def check_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Defaults filled in; unknown keys and inconsistent sizes raise ``ValueError`` naming the key."""
+    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if k not in METADATA}}
+    unknown = set(cfg) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"votenet config: unknown keys {sorted(unknown)} (known: {sorted(DEFAULTS)})")
+    if cfg["backbone"] not in BACKBONES:
+        raise ValueError(f"votenet config: backbone {cfg['backbone']!r} is not one of {sorted(BACKBONES)}")
+    n = len(cfg["sa_points"])
+    for key in ("sa_radius", "sa_k", "sa_widths"):
+        if len(cfg[key]) != n:
+            raise ValueError(f"votenet config: {key} has {len(cfg[key])} levels but sa_points has {n}")
+    if cfg["fp_widths"] and n < 2:
+        raise ValueError("votenet config: fp_widths needs at least 2 set-abstraction levels")
+    if any(b > a for a, b in itertools.pairwise(cfg["sa_points"])):
+        raise ValueError(f"votenet config: sa_points must not increase, got {cfg['sa_points']}")
+    if cfg["mean_sizes"] is None:
+        cfg["mean_sizes"] = [[1.0, 1.0, 1.0]] * int(cfg["num_classes"])
+    sizes = torch.as_tensor(cfg["mean_sizes"], dtype=torch.float64)
+    if sizes.shape != (cfg["num_classes"], 3) or not bool((sizes > 0).all()):
+        raise ValueError(
+            f"votenet config: mean_sizes must be [num_classes={cfg['num_classes']}, 3] positive sizes, "
+            f"got shape {tuple(sizes.shape)}"
+        )
+    return cfg
+
+
+class VoteNet(nn.Module):
+    """Backbone + :class:`~geo3d.nn.heads.detection.DetectionHead`.
+
+    ``forward(data)`` takes a PyG ``Batch`` (``pos [N, 3]``, ``batch [N]``,
+    ``normal`` if ``use_normals``; scenes may differ in size but each needs at
+    least ``sa_points[0]`` points) and returns the head's outputs plus
+    ``seed_index [B, S]`` (input point of each seed). ``decode`` gives boxes.
+    """
+
+    def __init__(self, config: dict[str, Any], backbone: nn.Module | None = None) -> None:
+        super().__init__()
+        cfg = check_config(config)
+        self.config = cfg
+        self.backbone = backbone if backbone is not None else BACKBONES[cfg["backbone"]](cfg)
+        self.head = DetectionHead(
+            self.backbone.out_channels,
+            cfg["num_classes"],
+            cfg["mean_sizes"],
+            num_heading_bins=cfg["num_heading_bins"],
+            num_proposals=cfg["num_proposals"],
+            vote_radius=cfg["vote_radius"],
+            vote_k=cfg["vote_k"],
+            width=cfg["head_width"],
+        )
+
+    @property
+    def mean_sizes(self) -> Tensor:
+        return self.head.mean_sizes
+
+    def forward(self, data: Any) -> dict[str, Tensor]:
+        seeds = self.backbone(data)
+        out = self.head(seeds.pos, seeds.feat)
+        out["seed_index"] = seeds.index
+        return out
+
+    def decode(self, outputs: dict[str, Tensor], **kwargs: Any) -> list[dict[str, Tensor]]:
+        """Boxes per scene (see :func:`geo3d.nn.heads.detection.decode_detections`)."""
+        return self.head.decode(outputs, **kwargs)
+
+
+@register_architecture("votenet")
+def build(config: dict[str, Any]) -> nn.Module:
+    return VoteNet(config)

@@ -58,7 +58,9 @@ def radius_graph(
 
     Returns:
         ``edge_index [2, E]`` int64 (row 0 = j, row 1 = i, sorted by i) and
-        ``shifts [E, 3]`` int64.
+        ``shifts [E, 3]`` int64. Where no axis is periodic the native backends
+        return the all-zero shifts as a broadcast view of one row (no memory for
+        them); ``shifts.clone()`` before writing into it.
 
     Raises:
         ValueError: NaN/inf positions, a non-positive cutoff, a batch that does

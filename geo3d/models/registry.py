@@ -31,6 +31,7 @@ ARCHITECTURE_MODULES: list[str] = [
     "geo3d.models.tinvnn",
     "geo3d.models.dgcnn",
     "geo3d.models.votenet",
+    "geo3d.models.apen",
 ]
 
 

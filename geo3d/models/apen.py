@@ -1,0 +1,670 @@
+"""APEN: approximately piecewise-E(3) equivariant point networks (Atzmon et al., ICLR 2024).
+
+Paper: https://arxiv.org/abs/2402.08529; code: github.com/matanatz/APEN
+(``code/model/model_segmentation.py``, ``model_apen.py``, ``loss_seg.py``,
+``confs/dfaust.conf``). A scene made of parts that move independently (objects
+in a room, limbs of a body) is equivariant to one rigid motion *per part*. A
+network that is equivariant part by part for a partition finer than the true
+one is equivariant for the true one too, so APEN starts from a fine partition
+and coarsens it block by block:
+
+1. initial partition: ``num_fps_parts`` farthest-point centres plus
+   ``num_random_parts`` random points at least ``random_part_min_dist`` from
+   every centre; each point goes to its most likely centre under an isotropic
+   Gaussian mixture (variance ``init_variance``, equal weights);
+2. each block runs a :class:`~geo3d.nn.frame_averaging.FramePointNet` part by
+   part under Frame Averaging (per-part centroid and PCA frame, 4 sign frames
+   for ``group="SE3"``, 8 for ``"E3"``); per point it sees its ``knn`` nearest
+   points *of the same part* (offsets to the part centroid), its normal (with
+   ``use_normals``) and the previous block's features pooled over its part; it
+   predicts invariant features, equivariant vectors, and a vote ``x + dx`` for
+   the centre of the point's (true) part;
+3. the votes are clustered by an isotropic GMM fitted by EM with a fixed
+   variance per block (``variances``: larger variance, coarser partition);
+   close centres are merged and parts with weight ``<= prune_thr * 2**block``
+   pruned; a hard assignment gives the next block's partition;
+4. a decoder (same network, no vote) gives per-point invariant features
+   ``feat``, segmentation logits and, optionally, scene logits.
+
+Given the partition (``forward(..., partition=ids)``), the network is exactly
+piecewise equivariant: votes move with their part, features and logits do not
+change (up to round-off, and for parts with a non-degenerate covariance). With
+predicted partitions it is so whenever every predicted part lies inside one true
+part and the partition itself does not change under the motion: the paper's
+bound ``(lambda(Q) + delta(Q)) M``, with lambda the probability of a part
+straddling two true parts.
+
+Where the paper and the code disagree, and what this module does:
+
+- **Assignment.** The paper (Eq. 8, phi_III) takes ``argmax_j Q_ij``. The code
+  draws a straight-through Gumbel-softmax sample (``tau=10, hard=True``) in
+  training *and* at evaluation, so its predictions are random (``tau`` does not
+  change a hard sample, only the surrogate gradient). Here: argmax at
+  evaluation (deterministic, as the paper); in training a Gumbel-max sample of
+  the same posterior when ``train_sampling`` (as the code), else argmax.
+- **Implicit gradient.** The code re-attaches the EM fixed point with one
+  Newton step ``theta = theta~.detach() - pinv(Fisher)(s - s.detach())`` at
+  block boundaries, so the next block's (straight-through) assignment weights
+  back-propagate into the previous votes. Not done here: the partition is a
+  non-differentiable (argmax) function of detached votes. Every block's votes
+  get their gradient from their own term of the vote loss, and the features
+  still flow from block to block through the part-pooled inputs.
+- **Vote loss.** The code's config uses the squared error (``type=l2``); a
+  reading of the paper gives an L1 error. :func:`apen_loss` defaults to l2 and
+  accepts l1.
+- **Re-seeding.** The code re-runs FPS from scratch over the votes before each
+  EM. Here the previous parts' vote centroids are kept as seeds and FPS
+  *continues* from them to fill the slots: once every object holds a centre,
+  the later FPS picks depend only on distances inside objects, so the
+  partition does not change when objects move independently (from-scratch FPS
+  starts at an arbitrary point and its first picks depend on where the objects
+  are relative to each other).
+- **Merging.** The code compares ``sum((dmu^2)^2) / sigma^2`` with
+  ``merge_thr^2`` (the squared difference is squared again, likely a slip) and
+  keeps one centre. Here the Mahalanobis distance ``|dmu| / sigma`` is compared
+  with ``merge_thr`` and the merged centre is the weight-averaged one (order
+  independent). The default 0.15 matches the code's merge radius within ~30 %
+  at its variances.
+- **FPS start.** The code starts at each cloud's first point; here at the point
+  farthest from the centroid (independent of point order and pose).
+- **Pooled features.** The code pools the previous block's features over the
+  new parts with the *soft* EM responsibilities; here with the hard partition
+  used by the block (soft weights leak across parts and break exactness).
+- **Small parts.** For parts with fewer than ``knn`` points, the code's
+  neighbour search spills into other parts; here the list is padded with the
+  point itself. Parts with at most one point get a random frame in the code;
+  here ``eigh``'s basis of the zero matrix (no frame exists either way).
+- **Widths.** The code's blocks grow their widths with their input and its
+  decoder is wider (up to 896); here every block and the decoder share
+  ``point_widths`` and ``head_widths``.
+
+The EM responsibilities are ``[N, K]`` (K = number of slots, 40 by default); the
+networks' rows are ``N * |F|``. Nothing is ``O(N K |F|)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from geo3d.models.registry import register_architecture
+from geo3d.nn.frame_averaging import GROUPS, FramePointNet, part_frames
+from geo3d.ops.point_ops import knn_graph
+from geo3d.ops.scatter import scatter
+
+DEFAULTS: dict[str, Any] = {
+    "num_classes": 24,
+    "num_scene_classes": 0,
+    "group": "SE3",
+    "use_normals": False,
+    "num_fps_parts": 30,
+    "num_random_parts": 10,
+    "random_part_min_dist": 0.05,
+    "init_variance": 0.2,
+    "variances": [0.001, 0.001, 0.003, 0.005],
+    "em_iters": 16,
+    "merge_thr": 0.15,
+    "prune_thr": 1e-4,
+    "train_sampling": True,
+    "knn": 10,
+    "inv_channels": [8, 8, 8, 32],
+    "vec_channels": [8, 8, 8, 32],
+    "point_widths": [64, 96, 128, 160, 192],
+    "head_widths": [256, 256, 128],
+    "pooling": "mean",
+}
+# Recorded in the checkpoint's config by the training task, not used by the network.
+METADATA = ("train_rotation", "num_points", "arch")
+
+
+def check_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Defaults filled in and every key checked; raises ``ValueError`` naming the bad key."""
+    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if k not in METADATA}}
+    unknown = sorted(set(cfg) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"apen config: unknown keys {unknown} (known: {sorted(DEFAULTS)})")
+    if cfg["group"] not in GROUPS:
+        raise ValueError(f"apen config: 'group' must be one of {GROUPS}, got {cfg['group']!r}")
+    if cfg["pooling"] not in ("mean", "max", "mean_max"):
+        raise ValueError(f"apen config: 'pooling' must be mean, max or mean_max, got {cfg['pooling']!r}")
+    for key in ("num_classes", "knn", "num_scene_classes", "num_fps_parts", "num_random_parts", "em_iters"):
+        low = 1 if key in ("num_classes", "knn") else 0
+        if not isinstance(cfg[key], int) or cfg[key] < low:
+            raise ValueError(f"apen config: '{key}' must be an integer >= {low}, got {cfg[key]!r}")
+    if cfg["num_fps_parts"] + cfg["num_random_parts"] < 1:
+        raise ValueError("apen config: 'num_fps_parts' + 'num_random_parts' must be at least 1")
+    blocks = len(cfg["variances"])
+    if blocks < 1 or any(not v > 0 for v in cfg["variances"]):
+        raise ValueError(
+            "apen config: 'variances' must be a non-empty list of positive numbers (one per block)"
+        )
+    for key in ("inv_channels", "vec_channels"):
+        if len(cfg[key]) != blocks:
+            raise ValueError(f"apen config: '{key}' needs one entry per block ({blocks}, as 'variances')")
+    for key in ("init_variance", "merge_thr", "prune_thr", "random_part_min_dist"):
+        if not cfg[key] >= 0:
+            raise ValueError(f"apen config: '{key}' must be >= 0, got {cfg[key]!r}")
+    return cfg
+
+
+# ---------------------------------------------------------------------------
+# Partitions: seeding, EM of an isotropic Gaussian mixture, hard assignment.
+# Centres live in per-cloud slots ``mu [B, K, 3]`` with ``mask [B, K]``; all in float64.
+
+
+def compact_parts(batch: Tensor, slot: Tensor, num_slots: int) -> tuple[Tensor, Tensor]:
+    """Consecutive part ids ``[N]`` (grouped by cloud) and the cloud of each part ``[P]``."""
+    key = batch * num_slots + slot
+    uniq, part = torch.unique(key, sorted=True, return_inverse=True)
+    return part, uniq // num_slots
+
+
+def _sq_dist(y: Tensor, batch: Tensor, mu: Tensor) -> Tensor:
+    """``[N, K]`` squared distance of every point to its own cloud's K centres."""
+    return ((y[:, None, :] - mu[batch]) ** 2).sum(-1)
+
+
+def _cloud_argmax(value: Tensor, batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor]:
+    """Per cloud: the largest value ``[B]`` (0 for an empty cloud) and the first index holding it."""
+    best = scatter(value, batch, 0, num_graphs, "max")
+    idx = torch.arange(value.shape[0], device=value.device)
+    first = scatter(torch.where(value == best[batch], idx, value.shape[0]), batch, 0, num_graphs, "min")
+    return best, first
+
+
+def _add_centre(mu: Tensor, mask: Tensor, ok: Tensor, point: Tensor) -> None:
+    """In place: ``point [B, 3]`` into the first free slot of each cloud where ``ok``."""
+    clouds = ok.nonzero()[:, 0]
+    slot = mask.sum(1)[clouds]
+    mu[clouds, slot] = point[clouds]
+    mask[clouds, slot] = True
+
+
+def farthest_point_fill(
+    y: Tensor, batch: Tensor, mu: Tensor, mask: Tensor, target: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Farthest-point seeds added to each cloud's centres until it has ``target`` of them.
+
+    Continues from the centres already there; a cloud without any starts at its
+    point farthest from its centroid (so the picks do not depend on the order of
+    the points). Stops early in a cloud whose points all sit on a centre.
+
+    Returns:
+        new ``(mu [B, K, 3], mask [B, K])`` and ``idx [B, K]``: the point each
+        slot filled here came from, -1 elsewhere.
+    """
+    num_graphs = mask.shape[0]
+    mu, mask = mu.clone(), mask.clone()
+    idx = torch.full(mask.shape, -1, dtype=torch.long, device=y.device)
+    sizes = torch.bincount(batch, minlength=num_graphs)
+    d = _sq_dist(y, batch, mu).masked_fill(~mask[batch], math.inf).amin(1)
+    has = mask.any(1)
+    if not bool(has.all()):  # until its first pick, a cloud ranks its points by distance to its centroid
+        centroid = scatter(y, batch, 0, num_graphs, "mean")
+        d = torch.where(has[batch], d, ((y - centroid[batch]) ** 2).sum(-1))
+    for _ in range(target):
+        count = mask.sum(1)
+        best, first = _cloud_argmax(d, batch, num_graphs)
+        empty = count == 0
+        ok = (count < target) & ((best > 0) | (empty & (sizes > 0)))
+        if not bool(ok.any()):
+            break
+        first = first.clamp(max=max(len(y) - 1, 0))
+        clouds = ok.nonzero()[:, 0]
+        idx[clouds, count[clouds]] = first[clouds]
+        _add_centre(mu, mask, ok, y[first])
+        dn = ((y - y[first][batch]) ** 2).sum(-1)
+        d = torch.where(ok[batch], torch.where(empty[batch], dn, torch.minimum(d, dn)), d)
+    return mu, mask, idx
+
+
+def random_fill(
+    y: Tensor,
+    batch: Tensor,
+    mu: Tensor,
+    mask: Tensor,
+    num: int,
+    min_dist: float,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Up to ``num`` random points per cloud added as centres, each farther than ``min_dist`` from all."""
+    num_graphs, slots = mask.shape
+    mu, mask = mu.clone(), mask.clone()
+    d = _sq_dist(y, batch, mu).masked_fill(~mask[batch], math.inf).amin(1)
+    for _ in range(num):
+        prio = 1.0 - torch.rand(len(y), generator=generator, dtype=y.dtype, device=y.device)  # (0, 1]
+        prio = prio.masked_fill(d <= min_dist**2, -1.0)
+        best, first = _cloud_argmax(prio, batch, num_graphs)
+        ok = (best > 0) & (mask.sum(1) < slots)
+        if not bool(ok.any()):
+            break
+        new = y[first.clamp(max=max(len(y) - 1, 0))]
+        _add_centre(mu, mask, ok, new)
+        d = torch.where(ok[batch], torch.minimum(d, ((y - new[batch]) ** 2).sum(-1)), d)
+    return mu, mask
+
+
+def part_centre_seeds(
+    y: Tensor, part: Tensor, part_batch: Tensor, num_graphs: int, slots: int
+) -> tuple[Tensor, Tensor]:
+    """Slots ``mu [B, K, 3]``, ``mask [B, K]`` holding the mean of ``y`` over each part."""
+    num_parts = part_batch.shape[0]
+    centre = scatter(y, part, 0, num_parts, "mean")
+    ids = torch.arange(num_parts, device=y.device)
+    first = scatter(ids, part_batch, 0, num_graphs, "min")
+    slot = ids - first[part_batch]
+    mu = y.new_zeros(num_graphs, slots, 3)
+    mask = torch.zeros(num_graphs, slots, dtype=torch.bool, device=y.device)
+    mu[part_batch, slot] = centre
+    mask[part_batch, slot] = True
+    return mu, mask
+
+
+def log_joint(y: Tensor, batch: Tensor, mu: Tensor, pi: Tensor, mask: Tensor, var: float) -> Tensor:
+    """``[N, K]`` ``log pi_k + log N(y; mu_k, var I)`` up to a constant; ``-inf`` for empty slots."""
+    log_pi = pi.clamp_min(1e-300).log().masked_fill(~mask, -math.inf)
+    return -0.5 * _sq_dist(y, batch, mu) / var + log_pi[batch]
+
+
+def merge_close_centres(
+    mu: Tensor, pi: Tensor, mask: Tensor, var: float, thr: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Merge, closest pair first, centres of a cloud with ``|mu_k - mu_l| / sqrt(var) < thr``.
+
+    The merged centre is the ``pi``-weighted mean and takes both weights.
+    """
+    mu, pi, mask = mu.clone(), pi.clone(), mask.clone()
+    slots = mask.shape[1]
+    off_diag = ~torch.eye(slots, dtype=torch.bool, device=mu.device)
+    for _ in range(slots):
+        d2 = ((mu[:, :, None] - mu[:, None]) ** 2).sum(-1) / var
+        valid = mask[:, :, None] & mask[:, None, :] & off_diag
+        low, flat = d2.masked_fill(~valid, math.inf).flatten(1).min(1)
+        todo = (low < thr**2).nonzero()[:, 0]
+        if len(todo) == 0:
+            break
+        keep, drop = flat[todo] // slots, flat[todo] % slots
+        wk, wd = pi[todo, keep], pi[todo, drop]
+        a = torch.where(wk + wd > 0, wk / (wk + wd).clamp_min(1e-300), torch.full_like(wk, 0.5))
+        mu[todo, keep] = a[:, None] * mu[todo, keep] + (1 - a)[:, None] * mu[todo, drop]
+        pi[todo, keep], pi[todo, drop] = wk + wd, 0.0
+        mask[todo, drop] = False
+    return mu, pi, mask
+
+
+def gmm_em(
+    y: Tensor,
+    batch: Tensor,
+    mu: Tensor,
+    pi: Tensor,
+    mask: Tensor,
+    var: float,
+    iters: int,
+    merge_thr: float,
+    prune_thr: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``iters`` EM steps of an isotropic, fixed-variance Gaussian mixture, cloud by cloud.
+
+    As in the APEN code: close centres are merged after step ``iters // 2`` and
+    parts with ``pi <= prune_thr`` dropped after step ``iters // 2 + 4``.
+
+    Args:
+        y: ``[N, 3]`` points (votes), float64.
+        batch: ``[N]`` cloud of each point.
+        mu, pi, mask: ``[B, K, 3]``, ``[B, K]``, ``[B, K]`` initial centres, weights, used slots.
+
+    Returns:
+        ``(mu, pi, mask)`` after the last step.
+    """
+    num_graphs = mask.shape[0]
+    sizes = torch.bincount(batch, minlength=num_graphs).to(y.dtype).clamp_min(1.0)
+    merge_at, prune_at = iters // 2, min(iters, iters // 2 + 4)
+    for step in range(1, iters + 1):
+        r = torch.softmax(log_joint(y, batch, mu, pi, mask, var), dim=1)  # [N, K]
+        nk = scatter(r, batch, 0, num_graphs, "sum")  # [B, K]
+        sy = scatter(r[:, :, None] * y[:, None, :], batch, 0, num_graphs, "sum")
+        mu = torch.where((nk > 0)[..., None], sy / nk.clamp_min(1e-300)[..., None], mu)
+        pi = nk / sizes[:, None]
+        if step == merge_at:
+            mu, pi, mask = merge_close_centres(mu, pi, mask, var, merge_thr)
+        if step == prune_at:
+            mask = mask & (pi > prune_thr)
+            pi = pi * mask
+    return mu, pi, mask
+
+
+def assign_parts(
+    y: Tensor,
+    batch: Tensor,
+    mu: Tensor,
+    pi: Tensor,
+    mask: Tensor,
+    var: float,
+    sample: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Hard assignment ``[N]`` (slot per point): the posterior's argmax, or a Gumbel-max sample of it."""
+    lj = log_joint(y, batch, mu, pi, mask, var)
+    if sample:
+        u = torch.rand(lj.shape, generator=generator, dtype=lj.dtype, device=lj.device)
+        lj = lj - torch.log(-torch.log(u.clamp(1e-300, 1.0 - 1e-16)))
+    return lj.argmax(1)
+
+
+def knn_in_parts(pos: Tensor, part: Tensor, num_parts: int, k: int) -> Tensor:
+    """``[N, k]`` indices of each point's k nearest points of its own part, itself first.
+
+    A part with fewer than k points pads the list with the point itself.
+    """
+    n = pos.shape[0]
+    order = torch.argsort(part, stable=True)
+    edges = knn_graph(pos[order].detach(), k, batch=part[order], loop=True, num_graphs=num_parts)
+    src, dst = edges[0], edges[1]  # grouped by centre (ascending), nearest first
+    deg = torch.bincount(dst, minlength=n)
+    rank = torch.arange(len(dst), device=pos.device) - (deg.cumsum(0) - deg)[dst]
+    nbr_sorted = torch.arange(n, device=pos.device)[:, None].repeat(1, k)
+    nbr_sorted[dst, rank] = src
+    nbr = torch.empty_like(nbr_sorted)
+    nbr[order] = order[nbr_sorted]
+    return nbr
+
+
+# ---------------------------------------------------------------------------
+# The network.
+
+
+def _graph_inputs(data: Any) -> tuple[Tensor, Tensor, int]:
+    pos = getattr(data, "pos", None)
+    if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[1] != 3:
+        raise ValueError(f"apen: the batch needs 'pos' [N, 3], got {tuple(getattr(pos, 'shape', ()))}")
+    if pos.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"apen: 'pos' must be float32 or float64, got {pos.dtype}")
+    batch = getattr(data, "batch", None)
+    if batch is None:
+        batch = torch.zeros(len(pos), dtype=torch.long, device=pos.device)
+    if hasattr(data, "num_graphs"):
+        num_graphs = int(data.num_graphs)
+    else:
+        num_graphs = int(batch.max()) + 1 if len(batch) else 1
+    return pos, batch, num_graphs
+
+
+class APEN(nn.Module):
+    """APEN backbone with segmentation (and optional scene classification) heads.
+
+    Args:
+        config: keys of ``DEFAULTS`` (one block per entry of ``variances``);
+            unknown keys raise ``ValueError``.
+
+    Shapes:
+        input: a PyG ``Data``/``Batch`` with ``pos [N, 3]``, optional ``batch [N]``
+        and ``normal [N, 3]`` (needed with ``use_normals``); clouds may differ in size.
+        output: see :meth:`forward`.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        cfg = check_config(config)
+        self.config = cfg
+        self.group, self.knn, self.use_normals = cfg["group"], int(cfg["knn"]), bool(cfg["use_normals"])
+        self.num_slots = int(cfg["num_fps_parts"] + cfg["num_random_parts"])
+        inv, vec = list(cfg["inv_channels"]), list(cfg["vec_channels"])
+        geo = self.knn + int(self.use_normals)  # vectors from the geometry: neighbour offsets (+ normal)
+        widths = {"point_widths": cfg["point_widths"], "head_widths": cfg["head_widths"]}
+        self.blocks = nn.ModuleList(
+            FramePointNet(
+                geo + (vec[i - 1] if i else 0),
+                inv[i - 1] if i else 0,
+                **widths,
+                out_scalars=inv[i],
+                out_vectors=1 + vec[i],  # the first vector is the vote displacement
+                pooling=cfg["pooling"],
+            )
+            for i in range(len(inv))
+        )
+        self.decoder = FramePointNet(geo + vec[-1], inv[-1], **widths, pooling=cfg["pooling"])
+        hidden = self.decoder.hidden_dim
+        self.feat_dim = hidden
+        self.seg_head = nn.Linear(hidden, int(cfg["num_classes"]))
+        nsc = int(cfg["num_scene_classes"])
+        self.scene_head = (
+            nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, nsc)) if nsc else None
+        )
+
+    # -- partitions ---------------------------------------------------------
+
+    def initial_partition(
+        self, pos: Tensor, batch: Tensor, num_graphs: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """FPS + random centres, then each point to its most likely centre: ``(part [N], part_batch [P])``."""
+        cfg = self.config
+        y = pos.detach().double()
+        mu = y.new_zeros(num_graphs, self.num_slots, 3)
+        mask = torch.zeros(num_graphs, self.num_slots, dtype=torch.bool, device=y.device)
+        mu, mask, _ = farthest_point_fill(y, batch, mu, mask, int(cfg["num_fps_parts"]))
+        mu, mask = random_fill(
+            y, batch, mu, mask, int(cfg["num_random_parts"]), float(cfg["random_part_min_dist"]), generator
+        )
+        pi = mask.to(y.dtype) / mask.sum(1, keepdim=True).clamp_min(1)
+        sample = self.training and bool(cfg["train_sampling"])
+        slot = assign_parts(y, batch, mu, pi, mask, float(cfg["init_variance"]), sample, generator)
+        return compact_parts(batch, slot, self.num_slots)
+
+    def repartition(
+        self,
+        vote: Tensor,
+        batch: Tensor,
+        num_graphs: int,
+        part: Tensor,
+        part_batch: Tensor,
+        block: int,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Partition from block ``block``'s votes: seeds, merging, EM, pruning, hard assignment."""
+        cfg = self.config
+        y = vote.detach().double()
+        var = float(cfg["variances"][block])
+        mu, mask = part_centre_seeds(y, part, part_batch, num_graphs, self.num_slots)
+        mu, mask, _ = farthest_point_fill(y, batch, mu, mask, self.num_slots)
+        pi = mask.to(y.dtype) / mask.sum(1, keepdim=True).clamp_min(1)
+        mu, pi, mask = merge_close_centres(mu, pi, mask, var, float(cfg["merge_thr"]))
+        mu, pi, mask = gmm_em(
+            y,
+            batch,
+            mu,
+            pi,
+            mask,
+            var,
+            int(cfg["em_iters"]),
+            float(cfg["merge_thr"]),
+            float(cfg["prune_thr"]) * 2.0**block,
+        )
+        sample = self.training and bool(cfg["train_sampling"])
+        slot = assign_parts(y, batch, mu, pi, mask, var, sample, generator)
+        return compact_parts(batch, slot, self.num_slots)
+
+    # -- network --------------------------------------------------------------
+
+    def _stage(
+        self,
+        net: FramePointNet,
+        pos: Tensor,
+        normal: Tensor | None,
+        part: Tensor,
+        num_parts: int,
+        prev: tuple[Tensor, Tensor] | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One network over the partition: geometry + previous features pooled per part -> outputs."""
+        centre, frames, _ = part_frames(pos, part, num_parts, self.group)
+        nbr = knn_in_parts(pos, part, num_parts, self.knn)
+        vectors = [pos[nbr] - centre[part][:, None, :]]  # [N, k, 3]
+        if normal is not None:
+            vectors.append(normal[:, None, :])
+        scalars = None
+        if prev is not None:
+            inv, vec = prev
+            n = len(pos)
+            vectors.append(scatter(vec.reshape(n, -1), part, 0, num_parts, "mean")[part].reshape(n, -1, 3))
+            scalars = scatter(inv, part, 0, num_parts, "mean")[part]
+        return net(torch.cat(vectors, dim=1), scalars, part, frames)
+
+    def forward(
+        self, data: Any, partition: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, Any]:
+        """Run the blocks and the heads.
+
+        Args:
+            data: PyG ``Data``/``Batch`` (``pos``, optional ``batch``, ``normal``).
+            partition: optional ``[N]`` non-negative part ids (unique within each
+                cloud) used by every block and the decoder instead of the EM.
+            generator: random source of the random initial centres and, in
+                training with ``train_sampling``, of the sampled assignments.
+
+        Returns:
+            dict with ``feat [N, H]`` (invariant per-point features),
+            ``seg_logits [N, num_classes]``, ``scene_logits [B, num_scene_classes]``
+            (only when ``num_scene_classes > 0``), ``votes`` (one ``[N, 3]`` per
+            block), ``vote [N, 3]`` (the last block's), ``partitions`` (the ``[N]``
+            part ids each block and the decoder used), ``partition [N]`` (the
+            decoder's), ``part_batch [P]`` (cloud of each final part) and
+            ``num_parts [B]``.
+        """
+        pos, batch, num_graphs = _graph_inputs(data)
+        normal = None
+        if self.use_normals:
+            normal = getattr(data, "normal", None)
+            if normal is None or normal.shape != pos.shape:
+                raise ValueError("apen: this model uses normals: the batch needs 'normal' [N, 3]")
+            normal = normal.to(pos.dtype)
+        if partition is not None:
+            if partition.shape != (len(pos),) or partition.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"apen: partition must be an integer [N]=[{len(pos)}] tensor")
+            if len(pos) and int(partition.min()) < 0:
+                raise ValueError("apen: partition ids must be non-negative")
+            slots = int(partition.max()) + 1 if len(pos) else 1
+            part, part_batch = compact_parts(batch, partition.long(), slots)
+        else:
+            part, part_batch = self.initial_partition(pos, batch, num_graphs, generator)
+        partitions, votes, prev = [part], [], None
+        for i, block in enumerate(self.blocks):
+            inv, vec, _ = self._stage(block, pos, normal, part, len(part_batch), prev)
+            vote = pos + vec[:, 0]
+            votes.append(vote)
+            prev = (inv, vec[:, 1:])
+            if partition is None:
+                part, part_batch = self.repartition(vote, batch, num_graphs, part, part_batch, i, generator)
+            partitions.append(part)
+        _, _, feat = self._stage(self.decoder, pos, normal, part, len(part_batch), prev)
+        out: dict[str, Any] = {
+            "feat": feat,
+            "seg_logits": self.seg_head(feat),
+            "votes": votes,
+            "vote": votes[-1],
+            "partitions": partitions,
+            "partition": part,
+            "part_batch": part_batch,
+            "num_parts": torch.bincount(part_batch, minlength=num_graphs),
+        }
+        if self.scene_head is not None:
+            pooled = torch.cat(
+                [scatter(feat, batch, 0, num_graphs, "max"), scatter(feat, batch, 0, num_graphs, "mean")], 1
+            )
+            out["scene_logits"] = self.scene_head(pooled)
+        return out
+
+    def seeds(self, data: Any, num_seeds: int, out: dict[str, Any] | None = None) -> dict[str, Tensor]:
+        """Seeds for a VoteNet-style detection head: FPS points with APEN's features and votes.
+
+        FPS starts at each cloud's point farthest from its centroid, so the seeds
+        do not depend on the order of the points.
+
+        Args:
+            data: the batch given to :meth:`forward` (``batch`` sorted, as PyG makes it).
+            num_seeds: S per cloud; every cloud needs at least S distinct points.
+            out: the output of ``self(data)`` if already computed.
+
+        Returns:
+            ``seed_idx [B, S]`` (into the batch's points), ``seed_pos [B, S, 3]``,
+            ``seed_feat [B, S, H]`` (invariant under a rigid motion of the seed's
+            part), ``seed_vote [B, S, 3]`` (the last block's vote for the seed's
+            part centre, equivariant).
+        """
+        out = self(data) if out is None else out
+        pos, batch, num_graphs = _graph_inputs(data)
+        sizes = torch.bincount(batch, minlength=num_graphs)
+        if len(sizes) and int(sizes.min()) < num_seeds:
+            b = int(sizes.argmin())
+            raise ValueError(
+                f"apen.seeds: cloud {b} has {int(sizes[b])} points, fewer than {num_seeds} seeds"
+            )
+        y = pos.detach().double()
+        empty = torch.zeros(num_graphs, num_seeds, dtype=torch.bool, device=pos.device)
+        _, mask, idx = farthest_point_fill(y, batch, y.new_zeros(num_graphs, num_seeds, 3), empty, num_seeds)
+        if not bool(mask.all()):
+            raise ValueError(f"apen.seeds: a cloud has fewer than {num_seeds} distinct points")
+        return {
+            "seed_idx": idx,
+            "seed_pos": pos[idx],
+            "seed_feat": out["feat"][idx],
+            "seed_vote": out["vote"][idx],
+        }
+
+
+def apen_loss(
+    out: dict[str, Any],
+    centre: Tensor,
+    labels: Tensor | None = None,
+    batch: Tensor | None = None,
+    seg_weight: float = 0.1,
+    vote_loss: str = "l2",
+    vote_mask: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """APEN's training loss: every block's vote error plus weighted cross-entropy.
+
+    ``loss = sum_blocks mean_clouds mean_points err(vote_i, centre_i) + seg_weight * CE``,
+    with ``err`` the squared (``l2``, the code's config) or absolute (``l1``)
+    error summed over xyz; the per-cloud mean follows the code.
+
+    Args:
+        out: :meth:`APEN.forward`'s output.
+        centre: ``[N, 3]`` ground-truth centre of each point's part or instance.
+        labels: ``[N]`` segmentation labels (None: no CE term).
+        batch: ``[N]`` cloud of each point (None: one cloud).
+        seg_weight: CE weight (0.1 in the code).
+        vote_mask: ``[N]`` bool, points whose vote counts (e.g. not the floor).
+
+    Returns:
+        ``loss``, ``vote_loss``, ``seg_loss`` (scalars) and ``vote_losses [blocks]``.
+    """
+    if vote_loss not in ("l1", "l2"):
+        raise ValueError(f"apen_loss: vote_loss must be 'l1' or 'l2', got {vote_loss!r}")
+    votes = out["votes"]
+    n = centre.shape[0]
+    if batch is None:
+        batch = torch.zeros(n, dtype=torch.long, device=centre.device)
+    weight = torch.ones(n, dtype=centre.dtype, device=centre.device)
+    if vote_mask is not None:
+        weight = vote_mask.to(centre.dtype)
+    num_graphs = int(batch.max()) + 1 if n else 1
+    per_cloud = scatter(weight, batch, 0, num_graphs, "sum")
+    has = per_cloud > 0
+    terms = []
+    for vote in votes:
+        delta = vote - centre
+        err = (delta**2).sum(-1) if vote_loss == "l2" else delta.abs().sum(-1)
+        cloud = scatter(err * weight, batch, 0, num_graphs, "sum")[has] / per_cloud[has]
+        terms.append(cloud.mean() if len(cloud) else err.sum() * 0)
+    vote_losses = torch.stack(terms)
+    seg = vote_losses.new_zeros(())
+    if labels is not None:
+        seg = nn.functional.cross_entropy(out["seg_logits"], labels.long())
+    total = vote_losses.sum() + seg_weight * seg
+    return {"loss": total, "vote_loss": vote_losses.sum(), "seg_loss": seg, "vote_losses": vote_losses}
+
+
+@register_architecture("apen")
+def build(config: dict[str, Any]) -> nn.Module:
+    return APEN(config)

@@ -45,7 +45,7 @@ def angle_to_class(yaw: Tensor, num_bins: int) -> tuple[Tensor, Tensor]:
     shifted = torch.remainder(yaw + width / 2, 2 * math.pi)
     cls = torch.floor(shifted / width).long().clamp(0, num_bins - 1)
     residual = (shifted - cls * width - width / 2) / (width / 2)
-    return cls, residual
+    return cls, residual.clamp(-1.0, 1.0)  # the clamp only absorbs round-off at bin edges
 
 
 def class_to_angle(cls: Tensor, residual: Tensor, num_bins: int) -> Tensor:

@@ -210,7 +210,7 @@ def evaluate(
     from geo3d.data.shapes import Shapes
     from geo3d.data.transforms import RandomRotate
     from geo3d.models.registry import load_model
-    from geo3d.train.pointcloud_task import classification_metrics, segmentation_metrics
+    from geo3d.train.pointcloud_task import ARCHS, classification_metrics, segmentation_metrics
 
     try:
         net = load_model(model)
@@ -218,7 +218,7 @@ def evaluate(
         _fail(str(exc))
     config = net.geo3d_checkpoint["config"]
     arch = net.geo3d_checkpoint.get("arch")
-    if arch not in ("tinvnn", "dgcnn", "tinvnn_seg"):
+    if arch not in (*ARCHS, "tinvnn_seg"):
         _fail(f"{model}: holds a {arch!r} model, not a point-cloud classifier or segmenter")
     metric_fn = segmentation_metrics if arch == "tinvnn_seg" else classification_metrics
     rotations = ["z", "so3"] if protocol == "all" else [rotation]

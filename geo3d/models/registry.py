@@ -30,6 +30,8 @@ ARCHITECTURE_MODULES: list[str] = [
     "geo3d.models.potential",
     "geo3d.models.tinvnn",
     "geo3d.models.dgcnn",
+    "geo3d.models.vn_dgcnn",
+    "geo3d.models.parot",
     "geo3d.models.votenet",
     "geo3d.models.apen",
 ]

@@ -14,13 +14,14 @@ from geo3d.data.shapes import CLASS_NAMES, NUM_PARTS, PARTS, Shapes
 from geo3d.data.transforms import Compose, RandomRotate, RandomScaleJitter
 from geo3d.train.config import ExperimentConfig
 
-ARCHS = ("tinvnn", "dgcnn")
+ARCHS = ("tinvnn", "dgcnn", "vn_dgcnn", "parot")
 
 
 class PointCloudClassificationTask:
     """Cross-entropy on shape labels; validation accuracy under SO(3) rotations of the val split.
 
-    ``model.arch`` picks the network: ``tinvnn`` (default) or ``dgcnn``.
+    ``model.arch`` picks the network: ``tinvnn`` (default), ``dgcnn``, ``vn_dgcnn`` or ``parot``;
+    a model's ``aux_loss`` (set by its forward in training) is added to the cross-entropy.
     """
 
     name = "pointcloud-classification"
@@ -67,7 +68,14 @@ class PointCloudClassificationTask:
     def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         logits = model(batch)
         loss = nn.functional.cross_entropy(logits, batch.y)
-        return loss, {"acc": float((logits.argmax(1) == batch.y).float().mean())}
+        parts = {"acc": float((logits.argmax(1) == batch.y).float().mean())}
+        # Models with auxiliary training losses (PaRot's disentanglement) expose them after forward.
+        net = getattr(model, "module", model)  # unwrap DistributedDataParallel
+        aux = getattr(net, "aux_loss", None)
+        if aux is not None:
+            loss = loss + aux
+            parts["aux"] = float(aux.detach())
+        return loss, parts
 
     def evaluate(self, model: nn.Module, val_set: Dataset) -> dict[str, float]:
         return classification_metrics(model, val_set)

@@ -1,0 +1,205 @@
+"""PaRot classifier (Zhang et al., AAAI 2023): patch-wise rotation invariance by disentanglement and pose restoration.
+
+Pipeline (reference: GitHub dingxin-zhang/PaRot, ``models/model_cls.py``):
+
+1. Centre the cloud on its centroid; ``num_patches`` centres by farthest-point
+   sampling (geo3d's ``fps``); a local patch per centre, its ``k_local``
+   nearest points relative to the centre; a global patch per centre, the first
+   ``k_global`` FPS points (= FPS with ``k_global`` points) relative to it.
+2. Disentanglement (:mod:`geo3d.nn.patch_disentangle`): a siamese encoder per
+   scale maps each patch to an invariant feature and two directions (a frame);
+   in training it sees two random rotations of every patch and returns the
+   direction-consistency, orthogonality and feature-consistency losses.
+3. Pose restoration and intra-scale aggregation (:mod:`geo3d.nn.patch_relation`):
+   an edge convolution over the ``k_intra`` nearest centres, each edge carrying
+   the 16-number rotation-invariant relation code of the two patch frames.
+4. Inter-scale aggregation: per centre, the aggregated local feature, the
+   global-patch feature and the embedded local/global relation code -> MLP ->
+   max over centres -> classifier MLP.
+
+Training: ``forward`` returns logits; in training mode the model also sets
+``aux_loss`` (the weighted disentanglement losses, which the point-cloud task
+adds to its cross-entropy) and ``aux_terms`` (their values, for logging); both
+are cleared in eval mode.
+
+Invariance. With the paper's PointNet encoder (``encoder: pointnet``) the
+patch features and frames are only *trained* to be invariant/equivariant, so
+the logits' rotation invariance is learned and must be measured. With
+``encoder: vn`` (vector neurons) they are exact, and so is the model's
+invariance (up to round-off and FPS/kNN ties, which generic clouds do not
+have). Translations and permutations: exact for both (centring; a start point
+for FPS chosen from the geometry, not the order).
+
+Where this differs from the paper/code, and why:
+- FPS starts at the point farthest from the centroid at inference (the code
+  starts at a random point, also at test time): a deterministic,
+  order-independent choice makes the outputs permutation invariant. Training
+  keeps the random start, as augmentation.
+- Distances and the inter-scale code use the centroid-centred cloud (the code
+  uses the raw coordinates of its pre-centred data): translation invariance.
+- The global patch is always the first ``k_global`` FPS centres (the code
+  draws a second FPS with another random start unless ``k_global`` equals
+  ``num_patches``): same distribution, one FPS.
+- No input resampling to ``num_points`` inside the model; no ball-query option.
+- The frame's third axis is not detached from the graph (the code detaches it
+  in the classifier's relation code only).
+- Cross-entropy without the code's 0.2 label smoothing: the shared task's loss.
+- The ``vn`` encoder is an addition (exact invariance), not part of the paper.
+- Hyper-parameters default to the code's (256 patches, k 64/32/32, 128-d
+  features, emb 1024, loss weights dir 1/1, orth 0.2/0.1, feat 0/0); the
+  shipped config shrinks the sizes for CPU training.
+
+Segmentation (pose-aware feature propagation) is not implemented here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from geo3d.models.registry import register_architecture
+from geo3d.models.vn_dgcnn import check_config, dense_batch
+from geo3d.nn.patch_disentangle import PointNetDisentangler, SiameseDisentangle, VNDisentangler, patch_frame
+from geo3d.nn.patch_relation import (
+    RELATION_DIM,
+    IntraPatchAggregation,
+    apply_flat,
+    gather_neighbours,
+    inter_relation,
+    intra_relation,
+    mlp,
+    nearest,
+)
+from geo3d.ops.point_ops import fps
+
+DEFAULTS: dict[str, Any] = {
+    "num_classes": 16,
+    "encoder": "pointnet",  # the paper's; "vn": vector neurons, exactly invariant
+    "num_patches": 256,
+    "k_local": 64,
+    "k_global": 32,
+    "k_intra": 32,
+    "dim": 128,
+    "vn_channels": 32,
+    "intra_widths": [128, 128, 128],
+    "pose_dim": 32,
+    "inter_widths": [256, 512],
+    "emb": 1024,
+    "head": [512, 256],
+    "dropout": 0.5,
+    "loss_dir_local": 1.0,
+    "loss_dir_global": 1.0,
+    "loss_orth_local": 0.2,
+    "loss_orth_global": 0.1,
+    "loss_feat_local": 0.0,
+    "loss_feat_global": 0.0,
+}
+_POSITIVE = ("num_classes", "num_patches", "k_local", "k_global", "k_intra", "dim", "pose_dim", "emb")
+
+
+def _validate(cfg: dict[str, Any]) -> None:
+    if cfg["encoder"] not in ("pointnet", "vn"):
+        raise ValueError(f"parot config: encoder must be 'pointnet' or 'vn', got {cfg['encoder']!r}")
+    for key in _POSITIVE:
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ValueError(f"parot config: {key} must be a positive integer, got {cfg[key]!r}")
+    for key in ("k_global", "k_intra"):
+        if cfg[key] > cfg["num_patches"]:
+            raise ValueError(f"parot config: {key}={cfg[key]} exceeds num_patches={cfg['num_patches']}")
+
+
+def farthest_point_centres(x: Tensor, s: int, random_start: bool) -> Tensor:
+    """Indices ``[B, S]`` of ``s`` FPS centres of each centred cloud ``x [B, P, 3]``.
+
+    geo3d's ``fps`` starts at a graph's first point, so each cloud is rolled to
+    put the start first: the point farthest from the centroid (an
+    order-independent choice), or a random one when ``random_start``.
+    """
+    b, p, _ = x.shape
+    if random_start:
+        start = torch.randint(p, (b,), device=x.device)
+    else:
+        start = x.detach().norm(dim=-1).argmax(dim=1)
+    order = (torch.arange(p, device=x.device) + start[:, None]) % p  # [B, P]
+    rolled = gather_neighbours(x.detach(), order.unsqueeze(-1)).reshape(-1, 3)
+    batch = torch.arange(b, device=x.device).repeat_interleave(p)
+    idx = fps(rolled, batch, ratio=s / p, num_graphs=b).reshape(b, -1)[:, :s]  # ceil() may give s+1
+    idx = idx - (torch.arange(b, device=x.device) * p)[:, None]
+    return torch.gather(order, 1, idx)
+
+
+class PaRot(nn.Module):
+    """Batch of equal-size clouds (``pos``, ``batch``) -> logits ``[B, num_classes]``."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        cfg = check_config(config, DEFAULTS, "parot")
+        _validate(cfg)
+        self.config = cfg
+        dim = cfg["dim"]
+
+        def encoder() -> nn.Module:
+            if cfg["encoder"] == "vn":
+                return VNDisentangler(dim, cfg["vn_channels"])
+            return PointNetDisentangler(dim)
+
+        self.local_patches = SiameseDisentangle(encoder())
+        self.global_patches = SiameseDisentangle(encoder())
+        self.intra = IntraPatchAggregation(dim, cfg["intra_widths"], cfg["pose_dim"])
+        act = nn.LeakyReLU(0.2)
+        self.inter_embed = mlp([RELATION_DIM, cfg["pose_dim"]], act)
+        inter_in = cfg["intra_widths"][-1] + dim + cfg["pose_dim"]
+        self.inter = mlp([inter_in, *cfg["inter_widths"], cfg["emb"]], act)
+        head: list[nn.Module] = []
+        width = cfg["emb"]
+        for w in cfg["head"]:
+            head += [nn.Linear(width, w, bias=False), nn.BatchNorm1d(w), act, nn.Dropout(cfg["dropout"])]
+            width = w
+        head.append(nn.Linear(width, cfg["num_classes"]))
+        self.head = nn.Sequential(*head)
+        self.aux_loss: Tensor | None = None
+        self.aux_terms: dict[str, float] = {}
+
+    def forward(self, data) -> Tensor:
+        cfg = self.config
+        pos, _ = dense_batch(data)
+        b, p, _ = pos.shape
+        s = cfg["num_patches"]
+        if p < max(s, cfg["k_local"]):
+            raise ValueError(
+                f"parot: clouds of {p} points are smaller than num_patches={s} or k_local={cfg['k_local']}"
+            )
+        x = pos - pos.mean(dim=1, keepdim=True)
+        centres = gather_neighbours(x, farthest_point_centres(x, s, self.training).unsqueeze(-1))
+        centres = centres.squeeze(2)  # [B, S, 3]
+        local = gather_neighbours(x, nearest(centres, x, cfg["k_local"])) - centres.unsqueeze(2)
+        glob = centres[:, None, : cfg["k_global"]] - centres.unsqueeze(2)  # [B, S, G, 3]
+        inv_l, dirs_l, losses_l = self.local_patches(local.reshape(b * s, -1, 3))
+        inv_g, dirs_g, losses_g = self.global_patches(glob.reshape(b * s, -1, 3))
+        frames_l = patch_frame(dirs_l).reshape(b, s, 3, 3)
+        frames_g = patch_frame(dirs_g).reshape(b, s, 3, 3)
+
+        nbr = nearest(centres, centres, cfg["k_intra"])  # [B, S, k]; self included, as in the code
+        h_local = self.intra(inv_l.reshape(b, s, -1), intra_relation(frames_l, centres, nbr), nbr)
+        code = apply_flat(self.inter_embed, inter_relation(frames_l, frames_g, centres))
+        h = apply_flat(self.inter, torch.cat([h_local, inv_g.reshape(b, s, -1), code], dim=-1))
+        self._set_aux(losses_l, losses_g)
+        return self.head(h.max(dim=1).values)
+
+    def _set_aux(self, local: dict[str, Tensor], glob: dict[str, Tensor]) -> None:
+        terms = {f"{name}_local": v for name, v in local.items()}
+        terms.update({f"{name}_global": v for name, v in glob.items()})
+        total = None
+        for name, value in terms.items():
+            weight = float(self.config[f"loss_{name}"])
+            if weight:
+                total = weight * value if total is None else total + weight * value
+        self.aux_loss = total
+        self.aux_terms = {name: float(v.detach()) for name, v in terms.items()}
+
+
+@register_architecture("parot")
+def build(config: dict[str, Any]) -> nn.Module:
+    return PaRot(config)

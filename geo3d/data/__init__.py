@@ -1,5 +1,6 @@
 """Datasets and transforms; every sample is a ``torch_geometric.data.Data``."""
 
+from geo3d.data.articulated import Articulated
 from geo3d.data.atomistic import StructureFileError, atoms_to_data, read_structures
 from geo3d.data.geom import GeomFormatError, load_geom_drugs
 from geo3d.data.qm9 import (
@@ -12,15 +13,24 @@ from geo3d.data.qm9 import (
     molecule_statistics,
     qm9_statistics,
 )
+from geo3d.data.rooms import Rooms
+from geo3d.data.scan_files import ScanFileError, read_point_cloud
+from geo3d.data.scene_protocols import PROTOCOLS, ProtocolSplit, apply_protocol
 from geo3d.data.sdf import SDFRecordError, load_gdb9_sdf, read_sdf
 
 __all__ = [
+    "PROTOCOLS",
     "QM9",
+    "Articulated",
     "GeomFormatError",
     "MoleculeStatistics",
+    "ProtocolSplit",
     "QM9FormatError",
+    "Rooms",
     "SDFRecordError",
+    "ScanFileError",
     "StructureFileError",
+    "apply_protocol",
     "atoms_to_data",
     "build_qm9_cache",
     "canonical_smiles",
@@ -29,6 +39,7 @@ __all__ = [
     "midi_split",
     "molecule_statistics",
     "qm9_statistics",
+    "read_point_cloud",
     "read_sdf",
     "read_structures",
 ]

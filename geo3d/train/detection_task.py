@@ -1,0 +1,134 @@
+"""3D object detection (VoteNet on the procedural ``Rooms``) for the shared trainer.
+
+Not wired into ``geo3d.train.TASKS`` / the config schema yet. It reads
+``data.num_points``, ``data.train_rotation`` (``none``, ``z``: the whole scene
+about the vertical, ``so3``: boxes re-fitted as in ``scene_so3``),
+``data.cache_dir``, and takes the number of train / val scenes from
+``data.limit_train`` / ``data.limit_val`` (default 200 / 40).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from torch_geometric.data import Data
+from torch_geometric.loader import DataLoader
+
+from geo3d.data.rooms import CLASS_NAMES, NUM_CLASSES, Rooms
+from geo3d.data.scene_protocols import apply_protocol
+from geo3d.metrics.detection import eval_det
+from geo3d.nn.heads.detection import detection_loss
+from geo3d.train.config import ExperimentConfig
+
+ARCHS = ("votenet",)
+_AUGMENT = {"none": None, "z": "scene_z", "so3": "scene_so3"}
+
+
+class SceneRotation:
+    """Training augmentation: a fresh scene rotation (boxes moved with it) on every call."""
+
+    def __init__(self, protocol: str, generator: torch.Generator) -> None:
+        self.protocol, self.generator = protocol, generator
+
+    def __call__(self, data: Data) -> Data:
+        return apply_protocol(data, self.protocol, self.generator)
+
+
+def split_boxes(batch: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """A PyG batch of scenes -> per-scene GT boxes ``[M_b, 7]`` and labels ``[M_b]``."""
+    counts = batch.num_objects.tolist()
+    return list(torch.split(batch.boxes, counts)), list(torch.split(batch.box_class, counts))
+
+
+def class_mean_sizes(dataset: Dataset, num_classes: int = NUM_CLASSES) -> list[list[float]]:
+    """Mean box size per class over ``dataset``; classes never seen get the mean of all boxes."""
+    total = torch.zeros(num_classes, 3, dtype=torch.float64)
+    count = torch.zeros(num_classes, dtype=torch.float64)
+    for d in dataset:
+        total.index_add_(0, d.box_class, d.boxes[:, 3:6].double())
+        count += torch.bincount(d.box_class, minlength=num_classes)
+    if not bool(count.any()):
+        raise ValueError("class_mean_sizes: the dataset has no boxes")
+    overall = total.sum(0) / count.sum()
+    mean = torch.where(count[:, None] > 0, total / count.clamp(min=1)[:, None], overall)
+    return mean.tolist()
+
+
+class DetectionTask:
+    """VoteNet's loss on ``Rooms``; validation mAP@0.25 / mAP@0.5 with :func:`eval_det`."""
+
+    name = "detection"
+    headline = "map@0.25"
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = cfg
+        self.arch = cfg.model.get("arch", "votenet")
+        if self.arch not in ARCHS:
+            raise ValueError(f"model.arch: {self.arch!r} is not a detector ({', '.join(ARCHS)})")
+
+    def datasets(self) -> tuple[Dataset, Dataset]:
+        d = self.cfg.data
+        if d.dataset != "rooms":
+            raise ValueError(f"data.dataset: the detection task reads 'rooms', got {d.dataset!r}")
+        protocol = _AUGMENT[d.train_rotation]
+        gen = torch.Generator().manual_seed(self.cfg.train.seed)
+        augment = SceneRotation(protocol, gen) if protocol else None
+        common = {"seed": self.cfg.train.seed, "num_points": d.num_points, "cache_dir": d.cache_dir}
+        train = Rooms("train", num_scenes=d.limit_train or 200, transform=augment, **common)
+        val = Rooms("val", num_scenes=d.limit_val or 40, **common)
+        return train, val
+
+    def model_config(self, train_set: Dataset) -> dict[str, Any]:
+        config = copy.deepcopy(self.cfg.model)
+        config.setdefault("num_classes", NUM_CLASSES)
+        config.setdefault("mean_sizes", class_mean_sizes(train_set, config["num_classes"]))
+        config["num_points"] = self.cfg.data.num_points
+        config["train_rotation"] = self.cfg.data.train_rotation
+        config["class_names"] = list(CLASS_NAMES)
+        return config
+
+    def build_model(self, model_config: dict[str, Any]) -> nn.Module:
+        from geo3d.models.registry import build_model
+
+        return build_model(self.arch, model_config)
+
+    def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        out = model(batch)
+        boxes, labels = split_boxes(batch)
+        mean_sizes = getattr(model, "module", model).mean_sizes  # DDP wraps the model
+        return detection_loss(out, boxes, labels, mean_sizes, seed_instance=batch.instance[out["seed_index"]])
+
+    def evaluate(self, model: nn.Module, val_set: Dataset) -> dict[str, float]:
+        return detection_metrics(model, val_set)
+
+
+@torch.no_grad()
+def detection_metrics(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int = 8,
+    nms_iou: float = 0.25,
+    score_threshold: float = 0.05,
+) -> dict[str, float]:
+    """mAP and mean recall at IoU 0.25 and 0.5, and per-class AP (``ap@0.25/<class>``), over ``dataset``.
+
+    Classes predicted but absent from the ground truth are left out of the
+    means (see :func:`geo3d.metrics.detection.eval_det`).
+    """
+    was_training = model.training
+    model.eval()
+    preds, gts = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        decode = getattr(model, "module", model).decode
+        preds += decode(model(batch), nms_iou=nms_iou, score_threshold=score_threshold)
+        gts += [{"boxes": b, "labels": lab} for b, lab in zip(*split_boxes(batch), strict=True)]
+    model.train(was_training)
+    res = eval_det(preds, gts, class_names=list(CLASS_NAMES))
+    flat = {k: v for k, v in res.items() if k.startswith(("map@", "mar@"))}
+    for key in ("ap@0.25", "ap@0.5"):
+        flat.update({f"{key}/{name}": ap for name, ap in res[key].items()})
+    return flat

@@ -448,7 +448,9 @@ class Rooms(Dataset):
     (-1 background, 0..M-1 objects); ``boxes [M, 7]`` float32 ``(cx, cy, cz, dx, dy,
     dz, yaw)``: centre, *full* extents along the object's local axes, and the
     counter-clockwise rotation about +z of its local x axis, in ``[-pi, pi)``;
-    ``box_class [M]`` long in 0..7; ``num_objects [1]`` long.
+    ``box_class [M]`` long in 0..7; ``num_objects [1]`` long. In a PyG ``Batch``
+    ``boxes`` are concatenated and ``instance`` is *not* offset: add
+    ``cumsum(num_objects)`` of the previous scenes to index the batch's boxes.
     """
 
     def __init__(

@@ -6,6 +6,8 @@
 - ``per_object_z``: every object rotated by its own angle about the vertical axis
   through its box centre (points and normals; box yaw += angle, centre fixed);
   background untouched. Rooms' placement keeps objects disjoint under this.
+  With ``Rooms(occlusion=True)`` the seen side turns with each object (the
+  motion stays exactly rigid per object, which is what the test needs).
 - ``scene_so3``: the whole scene under a uniform random rotation about its
   3D bounding-box centre.
 

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from geo3d.models.registry import register_architecture
+from geo3d.nn.patch_relation import gather_neighbours
 from geo3d.nn.vector_neurons import VNInvariant, VNLinearBNLeakyReLU, VNMaxPool, vn_mean_pool
 from geo3d.ops.point_ops import knn_graph
 
@@ -66,14 +67,6 @@ def dense_batch(data) -> tuple[Tensor, Tensor]:
     if b == 0 or bool((sizes != sizes[0]).any()):
         raise ValueError(f"clouds in a batch must have equal sizes, got {sizes.tolist()}")
     return pos.reshape(b, -1, 3), batch
-
-
-def gather_neighbours(x: Tensor, nbr: Tensor) -> Tensor:
-    """``x [B, P, ...]`` at ``nbr [B, Q, k]`` (indices into P) -> ``[B, Q, k, ...]``."""
-    b, q, k = nbr.shape
-    flat = nbr.reshape(b, q * k)
-    idx = flat.reshape(b, q * k, *([1] * (x.dim() - 2))).expand(b, q * k, *x.shape[2:])
-    return torch.gather(x, 1, idx).reshape(b, q, k, *x.shape[2:])
 
 
 class VNEdgeConv(nn.Module):

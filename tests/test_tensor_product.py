@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -309,3 +310,22 @@ def test_module_dtype_keeps_cg_in_float64():
     tp = ChannelWiseTensorProduct("2x0e+2x1o", "0e+1o", "2x0e+2x1o").float()
     assert tp.cg_value.dtype == torch.float64 and tp.path_weight.dtype == torch.float64
     assert "paths" not in tp.state_dict()
+
+
+@pytest.mark.parametrize("dims", [*itertools.permutations((1, 3, 5)), (3, 3, 3), (1, 1, 1)])
+def test_shared_weight_contractions_every_ordering(dims):
+    """Each operand order of the shared-weight GEMM route equals the plain five-tensor einsum."""
+    from geo3d.ops.tp_shared_weights import _third, _weight_grad
+
+    g = torch.Generator().manual_seed(sum(dims))
+    di, dj, dk = dims
+    z, u, v, w = 7, 4, 5, 6
+    a = torch.randn(z, u, di, generator=g, dtype=torch.float64)
+    b = torch.randn(z, v, dj, generator=g, dtype=torch.float64)
+    r = torch.randn(z, w, dk, generator=g, dtype=torch.float64)
+    wt = torch.randn(u, v, w, generator=g, dtype=torch.float64)
+    c = torch.randn(di, dj, dk, generator=g, dtype=torch.float64)
+    want = torch.einsum("uvw,zui,zvj,ijk->zwk", wt, a, b, c)
+    assert torch.allclose(_third(a, b, wt, c), want, rtol=1e-12, atol=1e-12)
+    want_w = torch.einsum("zui,zvj,zwk,ijk->uvw", a, b, r, c)
+    assert torch.allclose(_weight_grad(a, b, r, c), want_w, rtol=1e-12, atol=1e-12)

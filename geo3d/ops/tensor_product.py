@@ -39,6 +39,7 @@ from geo3d.o3.tp_plan import (
     dense_wigner_3j,
 )
 from geo3d.ops._native import select_backend
+from geo3d.ops.tp_shared_weights import shared_uvw_backward, shared_uvw_forward
 
 ENV_VAR = "GEO3D_TP_BACKEND"
 _UVW = MODE_CODE["uvw"]
@@ -155,10 +156,9 @@ def tensor_product_conv_backward_reference(
 
 # --------------------------------------------------------------------------- shared-weight uvw
 # A fully connected path with shared weights is a matrix product over the whole
-# batch; a per-row loop would stream all of W for every row. The cpu backend
-# sends these paths to the reference's einsums (torch orders their contractions
-# with opt_einsum, so the weights meet the cheapest operand first, on BLAS) and
-# the rest to C++.
+# batch; a per-row loop would stream all of W for every row. The native backends
+# send these paths to tp_shared_weights (BLAS, the weights meeting the operand of
+# lowest m-dimension first) and the rest to their kernels.
 def _split_gemm_paths(paths: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     gemm = (paths[:, MODE] == _UVW) & (paths[:, W_OFF] >= 0) & (w.dim() == 1)
     return ~gemm, gemm
@@ -221,9 +221,14 @@ def tensor_product(
     if name == "reference":
         return tensor_product_reference(x1, x2, w, paths, path_weight, dim_out)
     rows, gemm = _split_gemm_paths(paths, w)
-    out = torch.ops.geo3d.tp_forward(x1, x2, w, paths[rows], cg_index, cg_value, path_weight[rows], dim_out)
+    if bool(gemm.all()):
+        out = x1.new_zeros(x1.shape[0], dim_out)
+    else:
+        out = torch.ops.geo3d.tp_forward(
+            x1, x2, w, paths[rows], cg_index, cg_value, path_weight[rows], dim_out
+        )
     if gemm.any():
-        out += tensor_product_reference(x1, x2, w, paths[gemm], path_weight[gemm], dim_out)
+        shared_uvw_forward(x1, x2, w, paths[gemm], path_weight[gemm], out)
     return out
 
 
@@ -244,12 +249,14 @@ def tensor_product_backward(
     if name == "reference":
         return tensor_product_backward_reference(x1, x2, w, grad, paths, path_weight)
     rows, gemm = _split_gemm_paths(paths, w)
+    if bool(gemm.all()):
+        return shared_uvw_backward(x1, x2, w, grad, paths, path_weight)
     gx1, gx2, gw = torch.ops.geo3d.tp_backward(
         x1, x2, w, grad, paths[rows], cg_index, cg_value, path_weight[rows]
     )
     if gemm.any():
-        ga, gb, gc = tensor_product_backward_reference(x1, x2, w, grad, paths[gemm], path_weight[gemm])
-        gx1, gx2, gw = gx1 + ga, gx2 + gb, gw + gc
+        ga, gb, gc = shared_uvw_backward(x1, x2, w, grad, paths[gemm], path_weight[gemm])
+        gx1, gx2, gw = gx1.add_(ga), gx2.add_(gb), gw.add_(gc)
     return gx1, gx2, gw
 
 

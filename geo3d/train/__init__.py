@@ -7,6 +7,7 @@ TASKS = {
     "potential": "geo3d.train.potential_task:PotentialTask",
     "pointcloud_classification": "geo3d.train.pointcloud_task:PointCloudClassificationTask",
     "pointcloud_segmentation": "geo3d.train.pointcloud_task:PointCloudSegmentationTask",
+    "detection": "geo3d.train.detection_task:DetectionTask",
 }
 
 

@@ -47,7 +47,7 @@ class TrainConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    dataset: Literal["qm9", "sdf", "extxyz", "rmd17", "shapes"] = "qm9"
+    dataset: Literal["qm9", "sdf", "extxyz", "rmd17", "shapes", "rooms"] = "qm9"
     # qm9: folder with qm9pack's CSVs (default: the installed wheel); sdf: file/folder;
     # extxyz / rmd17: the training file (relative paths from the working directory).
     path: str | None = None
@@ -60,6 +60,11 @@ class DataConfig(_Strict):
     per_class: int = Field(100, ge=1)
     num_points: int = Field(1024, ge=16)
     train_rotation: Literal["none", "z", "so3"] = "z"
+    # rooms (procedural scenes): train / val scene counts (limit_train / limit_val cap them),
+    # and single-view occlusion of every scene (num_points is then the visible points).
+    num_scenes: int = Field(200, ge=1)
+    val_scenes: int = Field(40, ge=1)
+    occlusion: bool = False
     cache_dir: str | None = None
     limit_train: int | None = Field(None, ge=1)
     limit_val: int | None = Field(None, ge=1)
@@ -74,7 +79,9 @@ class LossConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    task: Literal["eqgat_diff", "potential", "pointcloud_classification", "pointcloud_segmentation"]
+    task: Literal[
+        "eqgat_diff", "potential", "pointcloud_classification", "pointcloud_segmentation", "detection"
+    ]
     name: str = "experiment"
     model: dict[str, Any] = Field(default_factory=dict)
     data: DataConfig = Field(default_factory=DataConfig)

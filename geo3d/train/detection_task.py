@@ -1,10 +1,12 @@
-"""3D object detection (VoteNet on the procedural ``Rooms``) for the shared trainer.
+"""3D object detection (VoteNet on the procedural ``Rooms``) for the shared trainer (task ``detection``).
 
-Not wired into ``geo3d.train.TASKS`` / the config schema yet. It reads
-``data.num_points``, ``data.train_rotation`` (``none``, ``z``: the whole scene
-about the vertical, ``so3``: boxes re-fitted as in ``scene_so3``),
-``data.cache_dir``, and takes the number of train / val scenes from
-``data.limit_train`` / ``data.limit_val`` (default 200 / 40).
+It reads ``data.num_points`` (points a scene), ``data.num_scenes`` /
+``data.val_scenes`` (capped by ``data.limit_train`` / ``data.limit_val`` when
+set), ``data.occlusion``, ``data.train_rotation`` (``none``, ``z``: the whole
+scene about the vertical, ``so3``: boxes re-fitted as in ``scene_so3``) and
+``data.cache_dir``. The checkpoint's config records ``num_points`` (and
+``occlusion`` when set) so that ``geo3d evaluate`` and ``geo3d detect`` build
+inputs like the training ones.
 """
 
 from __future__ import annotations
@@ -16,13 +18,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
-from torch_geometric.loader import DataLoader
 
 from geo3d.data.rooms import CLASS_NAMES, NUM_CLASSES, Rooms
 from geo3d.data.scene_protocols import apply_protocol
-from geo3d.metrics.detection import eval_det
 from geo3d.nn.heads.detection import detection_loss
 from geo3d.train.config import ExperimentConfig
+from geo3d.train.scene_eval import DetectionMeter, scene_metrics, split_boxes
 
 ARCHS = ("votenet",)
 _AUGMENT = {"none": None, "z": "scene_z", "so3": "scene_so3"}
@@ -36,12 +37,6 @@ class SceneRotation:
 
     def __call__(self, data: Data) -> Data:
         return apply_protocol(data, self.protocol, self.generator)
-
-
-def split_boxes(batch: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """A PyG batch of scenes -> per-scene GT boxes ``[M_b, 7]`` and labels ``[M_b]``."""
-    counts = batch.num_objects.tolist()
-    return list(torch.split(batch.boxes, counts)), list(torch.split(batch.box_class, counts))
 
 
 def class_mean_sizes(dataset: Dataset, num_classes: int = NUM_CLASSES) -> list[list[float]]:
@@ -69,6 +64,13 @@ class DetectionTask:
         self.arch = cfg.model.get("arch", "votenet")
         if self.arch not in ARCHS:
             raise ValueError(f"model.arch: {self.arch!r} is not a detector ({', '.join(ARCHS)})")
+        if cfg.data.occlusion and "occlusion" not in _recorded_keys(self.arch):
+            # Evaluation rebuilds test scenes from the checkpoint's config: fail now rather than
+            # evaluate an occluded model on full scenes later.
+            raise ValueError(
+                f"data.occlusion: {self.arch!r} checkpoints cannot record it yet "
+                f"(add 'occlusion' to METADATA in geo3d/models/{self.arch}.py)"
+            )
 
     def datasets(self) -> tuple[Dataset, Dataset]:
         d = self.cfg.data
@@ -78,8 +80,9 @@ class DetectionTask:
         gen = torch.Generator().manual_seed(self.cfg.train.seed)
         augment = SceneRotation(protocol, gen) if protocol else None
         common = {"seed": self.cfg.train.seed, "num_points": d.num_points, "cache_dir": d.cache_dir}
-        train = Rooms("train", num_scenes=d.limit_train or 200, transform=augment, **common)
-        val = Rooms("val", num_scenes=d.limit_val or 40, **common)
+        common["occlusion"] = d.occlusion
+        train = Rooms("train", num_scenes=_capped(d.num_scenes, d.limit_train), transform=augment, **common)
+        val = Rooms("val", num_scenes=_capped(d.val_scenes, d.limit_val), **common)
         return train, val
 
     def model_config(self, train_set: Dataset) -> dict[str, Any]:
@@ -89,6 +92,8 @@ class DetectionTask:
         config["num_points"] = self.cfg.data.num_points
         config["train_rotation"] = self.cfg.data.train_rotation
         config["class_names"] = list(CLASS_NAMES)
+        if self.cfg.data.occlusion:
+            config["occlusion"] = True
         return config
 
     def build_model(self, model_config: dict[str, Any]) -> nn.Module:
@@ -106,7 +111,6 @@ class DetectionTask:
         return detection_metrics(model, val_set)
 
 
-@torch.no_grad()
 def detection_metrics(
     model: nn.Module,
     dataset: Dataset,
@@ -119,16 +123,16 @@ def detection_metrics(
     Classes predicted but absent from the ground truth are left out of the
     means (see :func:`geo3d.metrics.detection.eval_det`).
     """
-    was_training = model.training
-    model.eval()
-    preds, gts = [], []
-    for batch in DataLoader(dataset, batch_size=batch_size):
-        decode = getattr(model, "module", model).decode
-        preds += decode(model(batch), nms_iou=nms_iou, score_threshold=score_threshold)
-        gts += [{"boxes": b, "labels": lab} for b, lab in zip(*split_boxes(batch), strict=True)]
-    model.train(was_training)
-    res = eval_det(preds, gts, class_names=list(CLASS_NAMES))
-    flat = {k: v for k, v in res.items() if k.startswith(("map@", "mar@"))}
-    for key in ("ap@0.25", "ap@0.5"):
-        flat.update({f"{key}/{name}": ap for name, ap in res[key].items()})
-    return flat
+    meter = DetectionMeter(model, nms_iou=nms_iou, score_threshold=score_threshold)
+    return scene_metrics(model, dataset, [meter], batch_size=batch_size)
+
+
+def _capped(count: int, limit: int | None) -> int:
+    return count if limit is None else min(count, limit)
+
+
+def _recorded_keys(arch: str) -> tuple[str, ...]:
+    """Config keys an architecture accepts without using them (its module's ``METADATA``)."""
+    import importlib
+
+    return tuple(getattr(importlib.import_module(f"geo3d.models.{arch}"), "METADATA", ()))

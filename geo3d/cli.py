@@ -191,35 +191,49 @@ def train(
 
 @app.command()
 def evaluate(
-    model: str = typer.Option(..., "--model", help="Shipped name or checkpoint of a point-cloud classifier."),
-    rotation: str = typer.Option("so3", "--rotation", help="Test-time rotation: none, z or so3."),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        help="Shipped name or checkpoint: a Shapes classifier/segmenter or a Rooms scene model.",
+    ),
+    rotation: str = typer.Option("so3", "--rotation", help="Shapes: test-time rotation, none, z or so3."),
     protocol: str = typer.Option(
-        "", "--protocol", help="'all': test under z and SO(3) (keys 'TRAIN/TEST', e.g. 'z/so3')."
+        "",
+        "--protocol",
+        help="Shapes: 'all' tests under z and SO(3) (keys 'TRAIN/TEST', e.g. 'z/so3'). "
+        "Scene models: 'all' or one of canonical, scene_z, per_object_z, scene_so3 (default canonical).",
     ),
     per_class: int = typer.Option(
         50, "--per-class", help="Test shapes per class (procedural Shapes test split)."
     ),
+    scenes: int = typer.Option(100, "--scenes", min=1, help="Scene models: Rooms test scenes."),
     seed: int = typer.Option(0, "--seed", help="Seed of the test rotations."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Accuracy (classifiers) or part mIoU (segmenters) on the Shapes test split under rotations."""
+    """Shapes: accuracy or part mIoU under rotations. Rooms scene models: mAP@0.25/0.5 and/or mIoU per protocol."""
     import json
 
     import torch
 
-    from geo3d.data.shapes import Shapes
-    from geo3d.data.transforms import RandomRotate
     from geo3d.models.registry import load_model
-    from geo3d.train.pointcloud_task import ARCHS, classification_metrics, segmentation_metrics
+    from geo3d.train.scene_eval import SCENE_METERS
 
     try:
         net = load_model(model)
     except Exception as exc:  # unknown name, foreign file, ...: one clear line
         _fail(str(exc))
+    if net.geo3d_checkpoint.get("arch") in SCENE_METERS:
+        _evaluate_scenes(net, model, protocol, scenes, seed, as_json)
+        return
+
+    from geo3d.data.shapes import Shapes
+    from geo3d.data.transforms import RandomRotate
+    from geo3d.train.pointcloud_task import ARCHS, classification_metrics, segmentation_metrics
+
     config = net.geo3d_checkpoint["config"]
     arch = net.geo3d_checkpoint.get("arch")
     if arch not in (*ARCHS, "tinvnn_seg"):
-        _fail(f"{model}: holds a {arch!r} model, not a point-cloud classifier or segmenter")
+        _fail(f"{model}: holds a {arch!r} model, not a point-cloud classifier, segmenter or scene model")
     metric_fn = segmentation_metrics if arch == "tinvnn_seg" else classification_metrics
     rotations = ["z", "so3"] if protocol == "all" else [rotation]
     if protocol not in ("", "all"):
@@ -244,6 +258,108 @@ def evaluate(
     for key, m in results.items():
         table.add_row(key, *(f"{m[name]:.4f}" for name in names))
     console.print(table)
+
+
+def _evaluate_scenes(net, model: str, protocol: str, scenes: int, seed: int, as_json: bool) -> None:
+    """``geo3d evaluate`` for Rooms scene models: one row (JSON key) per protocol."""
+    import json
+
+    from geo3d.data.scene_protocols import PROTOCOLS
+    from geo3d.train.scene_eval import evaluate_protocols
+
+    protocols = list(PROTOCOLS) if protocol == "all" else [protocol or "canonical"]
+    try:
+        results = evaluate_protocols(net, net.geo3d_checkpoint["arch"], protocols, scenes, seed)
+    except ValueError as exc:
+        _fail(f"{model}: {exc}")
+    if as_json:
+        print(json.dumps(results))
+        return
+    headline = [
+        k
+        for k in ("map@0.25", "map@0.5", "mar@0.25", "mar@0.5", "miou", "accuracy")
+        if k in results[protocols[0]]
+    ]
+    table = Table(title=f"{model} on Rooms test ({scenes} scenes, seed {seed})")
+    table.add_column("protocol")
+    for name in headline:
+        table.add_column(name)
+    for key, m in results.items():
+        table.add_row(key, *(f"{m[name]:.4f}" for name in headline))
+    console.print(table)
+
+
+@app.command()
+def detect(
+    scan: Path = typer.Argument(..., help="Point cloud: .ply, .xyz/.txt/.csv or .npy (metres, z up)."),
+    model: str = typer.Option(..., "--model", "-m", help="Shipped name or checkpoint of a Rooms detector."),
+    output: Path = typer.Option(Path("boxes.json"), "--output", "-o", help="JSON file of the boxes."),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Also draw a PNG: top and side views, points coloured by class, boxes labelled."
+    ),
+    side_view: bool = typer.Option(True, "--side-view/--no-side-view", help="Add the side (x-z) view."),
+    score_threshold: float = typer.Option(
+        0.5,
+        "--score-threshold",
+        min=0.0,
+        max=1.0,
+        help="Keep boxes scoring above this (VoteNet's demo: 0.5).",
+    ),
+    nms_iou: float = typer.Option(0.25, "--nms-iou", min=0.0, max=1.0, help="3D NMS IoU, per class."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the subsampling / padding."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+) -> None:
+    """Find objects in a scan; write {"boxes": [{"class", "score", "centre", "size", "yaw"}]}.
+
+    The scan is brought to the point count the model was trained on (its
+    config's num_points): subsampled uniformly at random without replacement
+    when larger, padded by repeating random points when smaller. Boxes are in
+    the scan's coordinates: centre and full size (dx, dy, dz) in metres, yaw
+    (radians, counter-clockwise about +z, in [-pi, pi)) of the box's x axis.
+    """
+    import torch
+
+    from geo3d.checkpoint import CheckpointError
+    from geo3d.data.scan_files import ScanFileError, read_point_cloud
+    from geo3d.detect import boxes_json, fit_points, plot_detections, write_json
+    from geo3d.detect import detect as run_detector
+    from geo3d.models.registry import load_model
+
+    try:
+        net = load_model(model, device=device)
+    except (FileNotFoundError, CheckpointError) as exc:
+        _fail(str(exc))
+    config = net.geo3d_checkpoint["config"]
+    if not hasattr(net, "decode") or "num_points" not in config:
+        _fail(f"{model}: holds a {net.geo3d_checkpoint.get('arch')!r} model, not a scene detector")
+    try:
+        points = read_point_cloud(scan)
+    except ScanFileError as exc:
+        _fail(str(exc))
+    if config.get("use_normals") and getattr(points, "normal", None) is None:
+        _fail(f"{scan}: {model} was trained with normals; the file has none (PLY nx ny nz, or 6 columns)")
+    points, note = fit_points(points, int(config["num_points"]), torch.Generator().manual_seed(seed))
+    t0 = time.perf_counter()
+    try:
+        result = run_detector(net, points, nms_iou=nms_iou, score_threshold=score_threshold)
+    except ValueError as exc:
+        _fail(f"{scan}: {exc}")
+    elapsed = time.perf_counter() - t0
+    class_names = list(config.get("class_names", []))
+    payload = boxes_json(result, class_names)
+    write_json(payload, output)
+    err = Console(stderr=True)
+    err.print(f"{scan}: {note}")
+    err.print(
+        f"{len(payload['boxes'])} boxes above {score_threshold} in {elapsed:.2f} s "
+        f"({len(points.pos) / elapsed:,.0f} points/s); wrote {output}"
+    )
+    if plot is not None:
+        try:
+            plot_detections(points.pos, result, class_names, plot, side_view=side_view, title=scan.name)
+        except ImportError as exc:
+            _fail(str(exc))
+        err.print(f"wrote {plot}")
 
 
 @app.command()

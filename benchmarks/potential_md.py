@@ -244,11 +244,24 @@ WORKERS = {
 
 
 # --------------------------------------------------------------------------- driver
+# geo3d's calculator keeps freed memory in the heap (geo3d.runtime.retain_freed_memory);
+# every subprocess, MACE's included, starts with the same malloc settings so that
+# neither side pays for re-faulting its per-step tensors and the other does not.
+MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+
+
 def spawn(python: str, worker: str, extra: list[str], timeout: float) -> tuple[dict | None, str]:
     """Run a worker of this file under ``python``: (its JSON, or None and why not)."""
     cmd = [python, str(Path(__file__).resolve()), "--worker", worker, *extra]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, **MALLOC_ENV},
+        )
     except subprocess.TimeoutExpired:
         return None, f"timed out after {timeout:.0f} s"
     except OSError as exc:

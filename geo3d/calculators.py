@@ -26,6 +26,7 @@ from geo3d.checkpoint import CheckpointError
 from geo3d.data.atomistic import atoms_to_data
 from geo3d.models.registry import load_model
 from geo3d.ops.radius_graph import radius_graph
+from geo3d.runtime import retain_freed_memory
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -38,6 +39,9 @@ class Geo3DCalculator(Calculator):
         device: ``"cpu"`` or ``"cuda"``.
         default_dtype: ``"float64"`` (default; MD and relaxations) or ``"float32"``.
         skin: Verlet skin in Å (0 rebuilds the neighbour list at every call).
+        retain_memory: keep freed memory in the process heap for the next step
+            (:func:`geo3d.runtime.retain_freed_memory`; 1.5-2.5x faster steps at
+            ~10k atoms on CPU). Process-wide; pass False to leave malloc alone.
 
     Raises:
         CheckpointError: the checkpoint is not a geo3d potential.
@@ -52,9 +56,12 @@ class Geo3DCalculator(Calculator):
         device: str = "cpu",
         default_dtype: str = "float64",
         skin: float = 0.5,
+        retain_memory: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if retain_memory:
+            retain_freed_memory()
         if default_dtype not in DTYPES:
             raise ValueError(f"default_dtype={default_dtype!r}: choose one of {', '.join(DTYPES)}")
         self.dtype = DTYPES[default_dtype]

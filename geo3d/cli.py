@@ -268,8 +268,10 @@ def _evaluate_scenes(net, model: str, protocol: str, scenes: int, seed: int, as_
     from geo3d.train.scene_eval import evaluate_protocols
 
     protocols = list(PROTOCOLS) if protocol == "all" else [protocol or "canonical"]
+    status = f"{model}: {scenes} Rooms test scenes x {len(protocols)} protocol(s)"
     try:
-        results = evaluate_protocols(net, net.geo3d_checkpoint["arch"], protocols, scenes, seed)
+        with Console(stderr=True).status(status):  # stderr: stdout stays one JSON object
+            results = evaluate_protocols(net, net.geo3d_checkpoint["arch"], protocols, scenes, seed)
     except ValueError as exc:
         _fail(f"{model}: {exc}")
     if as_json:

@@ -175,3 +175,16 @@ def test_segmentation_meter_by_hand():
     assert res["accuracy"] == pytest.approx(4 / 6) and res["iou/b"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="predicts 4 classes"):
         meter.update(torch.zeros(6, 4), Data(semantic=truth))
+
+
+def test_plot_without_matplotlib_says_how_to_install(monkeypatch, tmp_path):
+    import sys
+
+    from geo3d.detect import plot_detections
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import now raises ImportError
+    empty = {"boxes": torch.zeros(0, 7), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+    empty["point_class"] = torch.full((4,), -1)
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        plot_detections(torch.zeros(4, 3), empty, CLASS_NAMES, tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()

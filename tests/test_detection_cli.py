@@ -15,7 +15,7 @@ from geo3d.cli import app
 from geo3d.data.rooms import CLASS_NAMES, make_scene
 from geo3d.data.scene_protocols import PROTOCOLS
 from geo3d.detect import fit_points
-from geo3d.train import ConfigError, load_config
+from geo3d.train import ConfigError, load_config, make_task
 from geo3d.train.scene_eval import (
     SCENE_METERS,
     DetectionMeter,
@@ -64,6 +64,9 @@ def test_config_fields_are_strict():
         load_config(CONFIG, ["data.num_scene=5"])
     with pytest.raises(ConfigError, match=r"'data\.val_scenes'"):
         load_config(CONFIG, ["data.val_scenes=0"])
+    # votenet checkpoints cannot record occlusion yet: refused up front, not evaluated wrongly later
+    with pytest.raises(ValueError, match=r"data\.occlusion"):
+        make_task(load_config(CONFIG, ["data.occlusion=true"]))
 
 
 def test_train_then_evaluate_every_protocol(checkpoint):

@@ -79,8 +79,12 @@ class DetectionTask:
         protocol = _AUGMENT[d.train_rotation]
         gen = torch.Generator().manual_seed(self.cfg.train.seed)
         augment = SceneRotation(protocol, gen) if protocol else None
-        common = {"seed": self.cfg.train.seed, "num_points": d.num_points, "cache_dir": d.cache_dir}
-        common["occlusion"] = d.occlusion
+        common = {
+            "seed": self.cfg.train.seed,
+            "num_points": d.num_points,
+            "occlusion": d.occlusion,
+            "cache_dir": d.cache_dir,
+        }
         train = Rooms("train", num_scenes=_capped(d.num_scenes, d.limit_train), transform=augment, **common)
         val = Rooms("val", num_scenes=_capped(d.val_scenes, d.limit_val), **common)
         return train, val

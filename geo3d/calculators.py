@@ -42,6 +42,8 @@ class Geo3DCalculator(Calculator):
         retain_memory: keep freed memory in the process heap for the next step
             (:func:`geo3d.runtime.retain_freed_memory`; 1.5-2.5x faster steps at
             ~10k atoms on CPU). Process-wide; pass False to leave malloc alone.
+        compile: run the model's energy through ``torch.compile`` (the first call
+            compiles, about a minute on 2 CPU cores; see ``InteratomicPotential.compile_energy``).
 
     Raises:
         CheckpointError: the checkpoint is not a geo3d potential.
@@ -57,6 +59,7 @@ class Geo3DCalculator(Calculator):
         default_dtype: str = "float64",
         skin: float = 0.5,
         retain_memory: bool = True,
+        compile: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -72,7 +75,7 @@ class Geo3DCalculator(Calculator):
             raise CheckpointError(
                 f"{net.geo3d_checkpoint.get('path', model)}: holds a {arch!r} model, not a geo3d potential"
             )
-        self.net = net
+        self.net = net.compile_energy() if compile else net
         self.r_max = net.r_max
         self.skin = float(skin)
         self._graph = None  # (edge_index, shifts, positions at build, cell, pbc, numbers)

@@ -267,3 +267,18 @@ def test_langevin_runs_and_thermalises_roughly(checkpoint):
     dyn.run(50)
     assert 100 < atoms.get_temperature() < 1500
     assert np.isfinite(atoms.get_forces()).all()
+
+
+def test_compiled_energy_matches_eager(checkpoint):
+    """torch.compile of the energy (dynamic shapes): same energy, forces and stress, also after a rebuild."""
+    eager, compiled = cu_cell(), cu_cell()
+    eager.calc = calc_of(checkpoint, skin=0.3)
+    compiled.calc = calc_of(checkpoint, skin=0.3, compile=True)
+    for step in range(2):
+        if step:  # move beyond the skin: a new neighbour list with another edge count
+            for atoms in (eager, compiled):
+                atoms.positions += np.random.default_rng(5).normal(scale=0.2, size=atoms.positions.shape)
+        assert compiled.get_potential_energy() == pytest.approx(eager.get_potential_energy(), rel=1e-12)
+        np.testing.assert_allclose(compiled.get_forces(), eager.get_forces(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(compiled.get_stress(), eager.get_stress(), rtol=1e-10, atol=1e-12)
+    assert compiled.calc.neighbor_list_builds == 2

@@ -118,6 +118,7 @@ class InteratomicPotential(nn.Module):
             self.blocks.append(block)
             irreps = block.irreps_out
         self.readout = o3.Linear(irreps, o3.Irreps("1x0e"))
+        self._inference_energies = self.atom_energies  # compile_energy() swaps in a compiled one
 
     def species(self, z: Tensor) -> Tensor:
         """Index of each atom's element in ``elements``; raises for an element the model does not know."""
@@ -132,6 +133,35 @@ class InteratomicPotential(nn.Module):
                 f"atomic number(s) {bad} not among this potential's elements {self.elements}"
             )
         return idx
+
+    def atom_energies(
+        self,
+        pos: Tensor,
+        cell: Tensor,
+        batch: Tensor,
+        species: Tensor,
+        edge_index: Tensor,
+        shifts: Tensor | None,
+    ) -> Tensor:
+        """Per-atom energies ``[N]`` from positions ``[N, 3]``, cells ``[B, 3, 3]``, graph index
+        ``batch [N]``, element indices ``species [N]`` and the radius graph (``edge_index [2, E]``,
+        ``shifts [E, 3]`` or None): the part of the model that ``compile_energy`` compiles."""
+        vec = edge_vectors(pos, edge_index, shifts, cell, batch)
+        sh = self.sh(vec)
+        radial = self.radial_embedding(vec.norm(dim=1))
+        x = self.embed(nn.functional.one_hot(species, len(self.elements)).to(pos.dtype))
+        for block in self.blocks:
+            x = block(x, sh, radial, edge_index)
+        return self.scale * self.readout(x).squeeze(-1) + self.shift + self.e0.to(pos.dtype)[species]
+
+    def compile_energy(self, **options: Any) -> InteratomicPotential:
+        """Run ``atom_energies`` through ``torch.compile`` (``dynamic=True``: atom and edge
+        counts change between calls) for inference: energies, forces and stress. Training
+        (``training=True``, forces differentiated again) stays eager: AOTAutograd has no
+        double backward. Returns ``self``.
+        """
+        self._inference_energies = torch.compile(self.atom_energies, dynamic=True, **options)
+        return self
 
     def forward(
         self, data, compute_forces: bool = True, compute_stress: bool = False, training: bool = False
@@ -154,15 +184,8 @@ class InteratomicPotential(nn.Module):
             sym = 0.5 * (strain + strain.transpose(1, 2))
             pos = pos + torch.einsum("ni,nij->nj", pos, sym[batch])
             cell = cell + torch.bmm(cell, sym)
-        edge_index = data.edge_index
-        vec = edge_vectors(pos, edge_index, getattr(data, "shifts", None), cell, batch)
-        length = vec.norm(dim=1)
-        sh = self.sh(vec)
-        radial = self.radial_embedding(length)
-        x = self.embed(nn.functional.one_hot(species, len(self.elements)).to(pos.dtype))
-        for block in self.blocks:
-            x = block(x, sh, radial, edge_index)
-        energies = self.scale * self.readout(x).squeeze(-1) + self.shift + self.e0.to(pos.dtype)[species]
+        energies_fn = self.atom_energies if training else self._inference_energies
+        energies = energies_fn(pos, cell, batch, species, data.edge_index, getattr(data, "shifts", None))
         energy = scatter(energies, batch, dim=0, dim_size=num_graphs)
         out = {"energy": energy, "energies": energies}
         wrt = []

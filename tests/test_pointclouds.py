@@ -206,3 +206,16 @@ def test_shipped_tinvnn_classifies_rotated_test_shapes():
     logits = model(batch)
     assert logits.shape == (len(test), len(CLASS_NAMES))
     assert (logits.argmax(1) == batch.y).float().mean() > 0.9
+
+
+def test_shipped_parot_classifies_rotated_test_shapes():
+    """PaRot's invariance is learned (its PointNet encoder is not exact): measured on rotated test shapes."""
+    import geo3d
+
+    model = geo3d.load_model("parot-shapes")
+    n = int(model.geo3d_checkpoint["config"].get("num_points", 512))
+    test = Shapes("test", 3, n, transform=RandomRotate("so3", torch.Generator().manual_seed(0)), cache_dir="")
+    batch = _batch([test[k] for k in range(len(test))])
+    logits = model(batch)
+    assert logits.shape == (len(test), len(CLASS_NAMES))
+    assert (logits.argmax(1) == batch.y).float().mean() > 0.9

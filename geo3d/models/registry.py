@@ -88,6 +88,12 @@ SHIPPED: dict[str, ShippedModel] = {
         "pointcloud-segmentation",
         "TinvNN part segmentation on the procedural Shapes set (configs/tinvnn_shapes_seg.yaml)",
     ),
+    "parot-shapes": ShippedModel(
+        "parot-shapes",
+        "parot-shapes.pt",
+        "pointcloud-classification",
+        "PaRot (patch-wise rotation-invariant network) on the procedural Shapes set (configs/parot_shapes.yaml)",
+    ),
     "xtb-organic": ShippedModel(
         "xtb-organic",
         "xtb-organic.pt",

@@ -219,3 +219,39 @@ def test_shipped_parot_classifies_rotated_test_shapes():
     logits = model(batch)
     assert logits.shape == (len(test), len(CLASS_NAMES))
     assert (logits.argmax(1) == batch.y).float().mean() > 0.9
+
+
+def test_resume_is_bit_for_bit_and_logs_csv_and_tensorboard(tmp_path):
+    """6 steps straight == 3 steps, stop, resume 3 more (dropout, augmentation, shuffling all resumed)."""
+    import csv
+    from pathlib import Path
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from geo3d.train import load_config, make_task
+    from geo3d.train.trainer import train
+
+    root = Path(__file__).resolve().parents[1]
+
+    def run(out, extra):
+        base = ["train.epochs=2", "data.per_class=2", "data.num_points=64", "train.batch_size=8"]
+        over = [*base, "train.log_every_steps=1", "train.eval_every_epochs=2", f"train.out_dir={out}"]
+        cfg = load_config(root / "configs/tinvnn_shapes.yaml", over + extra)
+        train(make_task(cfg), cfg)
+        return torch.load(out / "last.pt", weights_only=True)["extra"]["train_state"]
+
+    straight = run(tmp_path / "a", [])
+    run(tmp_path / "b", ["train.max_steps=3"])  # stops inside epoch 1 (4 steps an epoch)
+    resumed = run(tmp_path / "b", [])
+    assert straight["step"] == resumed["step"] == 8
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+
+    rows = list(csv.DictReader((tmp_path / "b" / "train.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))  # no step logged twice
+    assert {"lr", "loss", "grad_norm", "acc"} <= set(rows[0])
+    val = list(csv.DictReader((tmp_path / "b" / "val.csv").open()))
+    assert len(val) == 1 and 0.0 <= float(val[0]["accuracy"]) <= 1.0
+    events = EventAccumulator(str(tmp_path / "a" / "tb"))
+    events.Reload()
+    assert len(events.Scalars("train/loss")) == 8

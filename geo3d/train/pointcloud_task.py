@@ -41,7 +41,7 @@ class PointCloudClassificationTask:
             raise ValueError(
                 "data.dataset: the point-cloud task reads 'shapes' (ModelNet40 / ShapeNetPart: not yet)"
             )
-        gen = torch.Generator().manual_seed(self.cfg.train.seed)
+        gen = self._augment_gen = torch.Generator().manual_seed(self.cfg.train.seed)
         augment = Compose([RandomScaleJitter(generator=gen), RandomRotate(d.train_rotation, gen)])
         train = Shapes("train", d.per_class, d.num_points, seed=self.cfg.train.seed, transform=augment)
         val = Shapes(
@@ -52,6 +52,11 @@ class PointCloudClassificationTask:
             transform=RandomRotate("so3", torch.Generator().manual_seed(1)),
         )
         return train, val
+
+    def set_epoch(self, epoch: int) -> None:
+        """Restart the augmentation stream from (seed, epoch): a resumed epoch sees the same rotations."""
+        if hasattr(self, "_augment_gen"):
+            self._augment_gen.manual_seed(self.cfg.train.seed + 10_007 * (epoch + 1))
 
     def model_config(self, train_set: Dataset) -> dict[str, Any]:
         config = copy.deepcopy(self.cfg.model)

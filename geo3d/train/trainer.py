@@ -4,7 +4,12 @@ One checkpoint file serves both purposes: ``state_dict`` holds the EMA weights
 (what ``geo3d.load_model`` and ``geo3d generate`` use) and ``extra.train_state``
 the raw weights, optimiser, EMA and loop position needed to resume exactly.
 ``last.pt`` is rewritten every ``checkpoint_every_steps``; ``best.pt`` whenever
-validation improves the task's headline metric.
+validation improves the task's headline metric. Logs: ``train.csv``, ``val.csv``
+and TensorBoard events (``tb/``) in the same folder (geo3d.train.run_log).
+
+Resume is exact (bit for bit, ``num_workers=0``): the sampler is seeded per epoch,
+the task's generator per step, augmentations per epoch (``task.set_epoch``), and
+the checkpoint carries torch's global RNG state (dropout).
 
 Data parallel: launched with ``torchrun --nproc-per-node K geo3d train ...``
 the loop uses ``torch.distributed`` (gloo on CPU, NCCL on GPU) and a
@@ -38,6 +43,7 @@ from geo3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from geo3d.models.registry import resolve_model
 from geo3d.train.config import ExperimentConfig
 from geo3d.train.ema import EMA
+from geo3d.train.run_log import RunLog
 
 console = Console()
 
@@ -127,6 +133,8 @@ def train(
         optimizer.load_state_dict(ts["optimizer"])
         ema.load_state_dict(ts["ema"])
         step, epoch, best = ts["step"], ts["epoch"], ts["best"]
+        if "torch_rng" in ts:  # dropout etc.: continue the random stream exactly where it stopped
+            torch.set_rng_state(ts["torch_rng"])
         if rank == 0:
             console.print(
                 f"resumed from {last_path}: epoch {epoch}, step {step}, best {task.headline}={best:.4g}"
@@ -156,11 +164,15 @@ def train(
                     "epoch": epoch,
                     "best": best,
                     "experiment": cfg.model_dump(),
+                    "torch_rng": torch.get_rng_state(),
                 }
             },
         )
 
-    generator = torch.Generator(device="cpu").manual_seed(tc.seed + 1000 * rank + step)
+    # The task's randomness (diffusion times, noise, ...) is re-seeded from (seed, rank, step)
+    # at every step, so a resumed run draws exactly what an uninterrupted one would.
+    generator = torch.Generator(device="cpu")
+    log = RunLog(out, resume_step=step) if rank == 0 else None
     start = time.monotonic()
     steps_per_epoch = math.ceil(len(train_set) / (tc.batch_size * world))
     stopped_early = False
@@ -177,14 +189,22 @@ def train(
     ) as progress:
         bar = progress.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=steps_per_epoch, info="")
         while epoch < tc.epochs and not stopped_early:
+            if hasattr(task, "set_epoch"):  # augmentation streams restart per epoch (exact resume)
+                task.set_epoch(epoch)
             # Deterministic shuffle per epoch, so a resumed run skips exactly the batches already seen.
             sampler_gen = torch.Generator().manual_seed(tc.seed + epoch)
             if world > 1:
                 sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, seed=tc.seed + epoch)
             else:
                 sampler = RandomSampler(train_set, generator=sampler_gen)
+            # Its own generator: a DataLoader without one draws a worker seed from torch's global
+            # RNG each epoch, so a resumed run would shift the dropout stream by one draw.
             loader = DataLoader(
-                train_set, batch_size=tc.batch_size, sampler=sampler, num_workers=tc.num_workers
+                train_set,
+                batch_size=tc.batch_size,
+                sampler=sampler,
+                num_workers=tc.num_workers,
+                generator=torch.Generator().manual_seed(tc.seed + 31 * epoch + 1),
             )
             done_in_epoch = step - epoch * steps_per_epoch
             progress.update(bar, completed=done_in_epoch, description=f"epoch {epoch + 1}/{tc.epochs}")
@@ -196,6 +216,7 @@ def train(
                 lr = learning_rate(cfg, step, tc.epochs * steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                generator.manual_seed(tc.seed * 1_000_003 + 7_919 * step + rank)
                 loss, parts = task.loss(ddp_model, batch, generator)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite loss at step {step} (parts: {parts})")
@@ -210,6 +231,11 @@ def train(
                         f"{k}={v:.3f}" for k, v in parts.items()
                     )
                     progress.update(bar, info=info + f" |g|={gnorm:.2f}")
+                    if log is not None:
+                        values = {"lr": lr, "loss": float(loss.detach()), **parts}
+                        log.step(
+                            step, epoch, {**values, "grad_norm": gnorm, "seconds": time.monotonic() - start}
+                        )
                     if rank == 0 and not console.is_terminal:  # logs to a file get plain lines
                         console.print(f"epoch {epoch + 1} step {step}: {info} |g|={gnorm:.2f}")
                 progress.advance(bar)
@@ -224,6 +250,8 @@ def train(
                 if epoch % tc.eval_every_epochs == 0 or epoch == tc.epochs:
                     metrics = _evaluate(task, model, ema, val_set, rank)
                     metrics["epoch"], metrics["step"] = epoch, step
+                    if log is not None:
+                        log.validation(step, epoch, metrics)
                     score = float(metrics.get(task.headline, -math.inf))
                     if getattr(task, "lower_is_better", False):
                         score = -float(metrics.get(task.headline, math.inf))
@@ -237,6 +265,8 @@ def train(
                         console.print(f"epoch {epoch}: {summary}")
                 save(last_path, metrics)
     save(last_path, metrics)
+    if log is not None:
+        log.close()
     if rank == 0:
         why = "stopped (time/step limit)" if stopped_early else "finished"
         console.print(f"{why} at epoch {epoch}, step {step}; checkpoints in {out}")

@@ -1,10 +1,13 @@
-"""Shared test utilities: random cells and backend lists."""
+"""Shared test utilities: random cells, backend lists, procedural shapes moved rigidly."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from torch_geometric.data import Batch
 
+from geo3d.data.shapes import make_shape
+from geo3d.data.transforms import random_rotation
 from geo3d.ops import backend_status
 
 NATIVE_BACKENDS_HERE = [b for b in ("cpu",) if backend_status()[b][0]]
@@ -29,3 +32,22 @@ def as_sets(edge_index: torch.Tensor, shifts: torch.Tensor) -> set[tuple[int, ..
         (int(j), int(i), *map(int, s))
         for (j, i), s in zip(edge_index.T.tolist(), shifts.tolist(), strict=True)
     }
+
+
+def procedural_shapes(n: int, points: int = 128) -> list:
+    """One Shapes instance of each of the first ``n`` classes (``Data``), seed 0."""
+    rng = np.random.default_rng(0)
+    return [make_shape(label, points, rng) for label in range(n)]
+
+
+def moved_batch(shapes: list, seed: int, rotate: bool = True) -> Batch:
+    """``shapes`` each rotated (SO(3), or not), translated and with its points permuted, as a Batch."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for s in shapes:
+        rot = random_rotation("so3" if rotate else "none", g)
+        perm = torch.randperm(len(s.pos), generator=g)
+        t = s.clone()
+        t.pos = (s.pos @ rot.T + torch.randn(3, generator=g))[perm]
+        out.append(t)
+    return Batch.from_data_list(out)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from helpers import moved_batch, procedural_shapes
 from torch_geometric.data import Batch
 
-from geo3d.data.shapes import make_shape
 from geo3d.data.transforms import random_rotation
 from geo3d.models.parot import PaRot, farthest_point_centres
 from geo3d.nn.patch_disentangle import (
@@ -85,23 +84,6 @@ def test_relation_codes_are_invariant():
     assert torch.equal(nearest(centres @ r, centres @ r, 4), nbr)
 
 
-def _shapes(n: int, points: int = 128):
-    rng = np.random.default_rng(0)
-    return [make_shape(label, points, rng) for label in range(n)]
-
-
-def _moved(shapes, seed: int, rotate: bool = True):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for s in shapes:
-        rot = random_rotation("so3" if rotate else "none", g)
-        perm = torch.randperm(len(s.pos), generator=g)
-        t = s.clone()
-        t.pos = (s.pos @ rot.T + torch.randn(3, generator=g))[perm]
-        out.append(t)
-    return Batch.from_data_list(out)
-
-
 def _warmed(config, batch) -> PaRot:
     """A model whose eval-mode BatchNorm statistics come from a few training-mode passes."""
     model = PaRot(config).train()
@@ -121,23 +103,23 @@ def test_fps_centres_do_not_depend_on_point_order():
 
 
 def test_parot_with_vn_encoder_is_invariant_by_construction():
-    shapes = _shapes(8)
+    shapes = procedural_shapes(8)
     model = _warmed({**SMALL, "encoder": "vn"}, Batch.from_data_list(shapes))
     ref = model(Batch.from_data_list(shapes))
     assert ref.shape == (8, 16) and ref.std() > 1e-2
     assert model.aux_loss is None and model.aux_terms == {}
-    err = (model(_moved(shapes, 3)) - ref).abs().max()
+    err = (model(moved_batch(shapes, 3)) - ref).abs().max()
     assert err < 1e-4, f"rotation + translation + permutation changed the logits by {err:.2e}"
 
 
 def test_parot_pointnet_is_translation_and_permutation_invariant_and_rotation_is_measured():
     """The paper's encoder: translations and permutations are exact; rotation invariance is learned,
     so an untrained model is measurably not invariant (trained models: see benchmarks)."""
-    shapes = _shapes(8)
+    shapes = procedural_shapes(8)
     model = _warmed(SMALL, Batch.from_data_list(shapes))
     ref = model(Batch.from_data_list(shapes))
-    assert (model(_moved(shapes, 4, rotate=False)) - ref).abs().max() < 1e-5
-    assert (model(_moved(shapes, 5)) - ref).abs().max() > 1e-3
+    assert (model(moved_batch(shapes, 4, rotate=False)) - ref).abs().max() < 1e-5
+    assert (model(moved_batch(shapes, 5)) - ref).abs().max() > 1e-3
 
 
 def test_parot_config_is_checked():
@@ -150,7 +132,7 @@ def test_parot_config_is_checked():
     with pytest.raises(ValueError, match="k_intra must be a positive integer"):
         PaRot({"k_intra": 0})
     with pytest.raises(ValueError, match="smaller than num_patches"):
-        PaRot(SMALL).eval()(Batch.from_data_list(_shapes(1, points=15)))
+        PaRot(SMALL).eval()(Batch.from_data_list(procedural_shapes(1, points=15)))
 
 
 def test_training_step_adds_the_aux_loss_and_gives_finite_gradients(tmp_path):
@@ -163,7 +145,7 @@ def test_training_step_adds_the_aux_loss_and_gives_finite_gradients(tmp_path):
     cfg = load_config(root / "configs/parot_shapes.yaml", overrides)
     task = make_task(cfg)
     model = task.build_model({**task.model_config(None)}).train()
-    batch = Batch.from_data_list(_shapes(4, 64))
+    batch = Batch.from_data_list(procedural_shapes(4, 64))
     loss, parts = task.loss(model, batch, torch.Generator())
     assert model.aux_loss is not None and parts["aux"] == pytest.approx(float(model.aux_loss.detach()))
     assert set(model.aux_terms) == {f"{n}_{s}" for n in ("dir", "orth", "feat") for s in ("local", "global")}

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from helpers import moved_batch, procedural_shapes
 from torch_geometric.data import Batch
 
-from geo3d.data.shapes import make_shape
 from geo3d.data.transforms import random_rotation
 from geo3d.models.vn_dgcnn import VNDGCNN
 from geo3d.nn.vector_neurons import (
@@ -92,23 +91,6 @@ def test_vn_invariant_features_are_invariant_and_frames_equivariant(normalize_fr
         assert torch.allclose(torch.linalg.det(frame), torch.ones(6, 10), atol=1e-4)
 
 
-def _shapes(n: int, points: int = 128):
-    rng = np.random.default_rng(0)
-    return [make_shape(label, points, rng) for label in range(n)]
-
-
-def _moved(shapes, seed: int, rotate: bool = True):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for s in shapes:
-        rot = random_rotation("so3" if rotate else "none", g)
-        perm = torch.randperm(len(s.pos), generator=g)
-        t = s.clone()
-        t.pos = (s.pos @ rot.T + torch.randn(3, generator=g))[perm]
-        out.append(t)
-    return Batch.from_data_list(out)
-
-
 def _warm_batch_norm(model: torch.nn.Module, batch) -> None:
     """A few training-mode passes so that eval-mode BatchNorm uses realistic statistics."""
     model.train()
@@ -119,13 +101,13 @@ def _warm_batch_norm(model: torch.nn.Module, batch) -> None:
 
 
 def test_vn_dgcnn_is_rotation_translation_and_permutation_invariant():
-    shapes = _shapes(6)
+    shapes = procedural_shapes(6)
     model = VNDGCNN({"k": 8, "widths": [8, 8], "emb": 16, "head": [32]})
     _warm_batch_norm(model, Batch.from_data_list(shapes))
     ref = model(Batch.from_data_list(shapes))
     assert ref.shape == (6, 16) and ref.std() > 1e-2  # not trivially constant
-    assert (model(_moved(shapes, 1)) - ref).abs().max() < 1e-4
-    assert (model(_moved(shapes, 2, rotate=False)) - ref).abs().max() < 1e-5
+    assert (model(moved_batch(shapes, 1)) - ref).abs().max() < 1e-4
+    assert (model(moved_batch(shapes, 2, rotate=False)) - ref).abs().max() < 1e-5
 
 
 def test_vn_dgcnn_config_is_checked_and_gradients_flow():
@@ -134,6 +116,6 @@ def test_vn_dgcnn_config_is_checked_and_gradients_flow():
     with pytest.raises(ValueError, match="pooling must be"):
         VNDGCNN({"pooling": "sum"})
     model = VNDGCNN({"k": 6, "widths": [6], "emb": 8, "head": [16], "pooling": "mean"}).train()
-    model(Batch.from_data_list(_shapes(3, 64))).logsumexp(1).sum().backward()
+    model(Batch.from_data_list(procedural_shapes(3, 64))).logsumexp(1).sum().backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)

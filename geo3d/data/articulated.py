@@ -21,18 +21,16 @@ are left as they are.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
-from geo3d.data.shapes import CLASS_NAMES, CLASSES, NUM_PARTS, PARTS, make_shape
-from geo3d.files import atomic_write
+from geo3d.data.build_cache import load_or_build
+from geo3d.data.shapes import CLASS_NAMES, CLASSES, NUM_PARTS, PARTS, Shapes, make_shape
 
 CACHE_VERSION = 1
 _CONTACT = 0.02  # how far beyond the closest distance a point still counts as touching the parent
@@ -86,7 +84,7 @@ def articulate(
     return out, torch.from_numpy(rot), torch.from_numpy(shift)
 
 
-class Articulated(Dataset):
+class Articulated(Shapes):
     """``Shapes`` with each part rotated rigidly about its joint: ``per_class`` shapes of each of the 16 classes.
 
     Args:
@@ -99,7 +97,8 @@ class Articulated(Dataset):
         cache_dir: default ``~/.cache/geo3d/articulated``; ``""`` disables caching.
 
     Items have the fields of ``Shapes``: ``pos [P, 3]``, ``normal [P, 3]`` float32,
-    ``y [1]`` (class), ``part [P]`` (global part id, ``geo3d.data.shapes.PARTS``).
+    ``y [1]`` (class), ``part [P]`` (global part id, ``geo3d.data.shapes.PARTS``);
+    indexing and length are Shapes'.
     """
 
     def __init__(
@@ -116,33 +115,13 @@ class Articulated(Dataset):
             raise ValueError(f"Articulated: split must be train, val or test, got {split!r}")
         self.split, self.transform = split, transform
         key = f"v{CACHE_VERSION}-{seed}-{split}-{per_class}-{num_points}-{max_angle!r}"
-        cache = Path(cache_dir if cache_dir is not None else Path.home() / ".cache" / "geo3d" / "articulated")
-        path = (
-            None
-            if str(cache_dir) == ""
-            else cache / f"articulated_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
-        )
-        if path is not None and path.is_file():
-            self.data = torch.load(path, weights_only=True)
-            return
-        # a stream apart from Shapes' (the extra 1): the rest shapes differ from Shapes' own split
-        rng = np.random.default_rng([seed, {"train": 0, "val": 1, "test": 2}[split], 1])
-        labels = np.repeat(np.arange(len(CLASSES)), per_class)
-        rng.shuffle(labels)
-        shapes = [articulate(make_shape(int(lab), num_points, rng), rng, max_angle)[0] for lab in labels]
-        self.data = {k: torch.stack([s[k] for s in shapes]) for k in ("pos", "normal", "y", "part")}
-        if path is not None:
-            with atomic_write(path) as tmp:
-                torch.save(self.data, tmp)
 
-    def __len__(self) -> int:
-        return len(self.data["y"])
+        def build() -> dict[str, torch.Tensor]:
+            # a stream apart from Shapes' (the extra 1): the rest shapes differ from Shapes' own split
+            rng = np.random.default_rng([seed, {"train": 0, "val": 1, "test": 2}[split], 1])
+            labels = np.repeat(np.arange(len(CLASSES)), per_class)
+            rng.shuffle(labels)
+            shapes = [articulate(make_shape(int(lab), num_points, rng), rng, max_angle)[0] for lab in labels]
+            return {k: torch.stack([s[k] for s in shapes]) for k in ("pos", "normal", "y", "part")}
 
-    def __getitem__(self, k: int) -> Data:
-        d = Data(
-            pos=self.data["pos"][k],
-            normal=self.data["normal"][k],
-            y=self.data["y"][k],
-            part=self.data["part"][k],
-        )
-        return self.transform(d) if self.transform is not None else d
+        self.data = load_or_build("articulated", key, cache_dir, build)

@@ -28,7 +28,6 @@ same index gives the same room whatever ``num_points``, ``occlusion`` or
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ import torch
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
-from geo3d.files import atomic_write
+from geo3d.data.build_cache import load_or_build
 
 CLASS_NAMES = ("table", "chair", "bed", "sofa", "cabinet", "bookshelf", "lamp", "bathtub")
 NUM_CLASSES = len(CLASS_NAMES)
@@ -427,6 +426,21 @@ _SPLITS = {"train": 0, "val": 1, "test": 2}
 _FIELDS = ("pos", "normal", "semantic", "instance")
 
 
+def _build(
+    seed: int, split: str, num_scenes: int, num_points: int, occlusion: bool, walls: bool, noise: float
+) -> dict[str, torch.Tensor]:
+    """All scenes of a split as stacked tensors (boxes concatenated, ``box_ptr`` marks each scene's)."""
+    scenes = [make_scene(seed, split, k, num_points, occlusion, walls, noise) for k in range(num_scenes)]
+    counts = torch.tensor([int(s.num_objects) for s in scenes], dtype=torch.long)
+    data = {k: torch.stack([s[k] for s in scenes]) if scenes else torch.empty(0) for k in _FIELDS}
+    data["semantic"] = data["semantic"].to(torch.int8)  # 4x smaller cache; long on access
+    data["instance"] = data["instance"].to(torch.int8)
+    data["boxes"] = torch.cat([s.boxes for s in scenes]) if scenes else torch.empty(0, 7)
+    data["box_class"] = torch.cat([s.box_class for s in scenes]) if scenes else torch.empty(0)
+    data["box_ptr"] = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    return data
+
+
 class Rooms(Dataset):
     """Procedural furniture scenes with ground-truth boxes and per-point labels (see the module docstring).
 
@@ -473,26 +487,12 @@ class Rooms(Dataset):
             )
         self.split, self.transform = split, transform
         key = f"v{CACHE_VERSION}-{seed}-{split}-{num_scenes}-{num_points}-{occlusion}-{walls}-{noise}"
-        cache = Path(cache_dir if cache_dir is not None else Path.home() / ".cache" / "geo3d" / "rooms")
-        path = (
-            None
-            if str(cache_dir) == ""
-            else cache / f"rooms_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
+        self.data = load_or_build(
+            "rooms",
+            key,
+            cache_dir,
+            lambda: _build(seed, split, num_scenes, num_points, occlusion, walls, noise),
         )
-        if path is not None and path.is_file():
-            self.data = torch.load(path, weights_only=True)
-            return
-        scenes = [make_scene(seed, split, k, num_points, occlusion, walls, noise) for k in range(num_scenes)]
-        counts = torch.tensor([int(s.num_objects) for s in scenes], dtype=torch.long)
-        self.data = {k: torch.stack([s[k] for s in scenes]) if scenes else torch.empty(0) for k in _FIELDS}
-        self.data["semantic"] = self.data["semantic"].to(torch.int8)  # 4x smaller cache; long on access
-        self.data["instance"] = self.data["instance"].to(torch.int8)
-        self.data["boxes"] = torch.cat([s.boxes for s in scenes]) if scenes else torch.empty(0, 7)
-        self.data["box_class"] = torch.cat([s.box_class for s in scenes]) if scenes else torch.empty(0)
-        self.data["box_ptr"] = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
-        if path is not None:
-            with atomic_write(path) as tmp:
-                torch.save(self.data, tmp)
 
     def __len__(self) -> int:
         return len(self.data["box_ptr"]) - 1

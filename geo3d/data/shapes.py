@@ -15,7 +15,6 @@ snowman/dumbbell/capsule), and sizes are normalised away.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
-from geo3d.files import atomic_write
+from geo3d.data.build_cache import load_or_build
 
 # (class name, part names); part ids are assigned in this order.
 CLASSES: list[tuple[str, list[str]]] = [
@@ -240,27 +239,15 @@ class Shapes(Dataset):
             raise ValueError(f"Shapes: split must be train, val or test, got {split!r}")
         self.split, self.transform = split, transform
         key = f"v{CACHE_VERSION}-{seed}-{split}-{per_class}-{num_points}"
-        cache = Path(cache_dir if cache_dir is not None else Path.home() / ".cache" / "geo3d" / "shapes")
-        path = (
-            cache / f"shapes_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
-            if str(cache_dir) != ""
-            else None
-        )
-        if path is not None and path.is_file():
-            self.data = torch.load(path, weights_only=True)
-        else:
-            split_seed = {"train": 0, "val": 1, "test": 2}[split]
-            rng = np.random.default_rng([seed, split_seed])
+
+        def build() -> dict[str, torch.Tensor]:
+            rng = np.random.default_rng([seed, {"train": 0, "val": 1, "test": 2}[split]])
             labels = np.repeat(np.arange(len(CLASSES)), per_class)
             rng.shuffle(labels)
             shapes = [make_shape(int(lab), num_points, rng) for lab in labels]
-            self.data = {
-                k: torch.stack([getattr(s, k) for s in shapes]) for k in ("pos", "normal", "y", "part")
-            }
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_write(path) as tmp:
-                    torch.save(self.data, tmp)
+            return {k: torch.stack([getattr(s, k) for s in shapes]) for k in ("pos", "normal", "y", "part")}
+
+        self.data = load_or_build("shapes", key, cache_dir, build)
 
     def __len__(self) -> int:
         return len(self.data["y"])

@@ -8,6 +8,7 @@ TASKS = {
     "pointcloud_classification": "geo3d.train.pointcloud_task:PointCloudClassificationTask",
     "pointcloud_segmentation": "geo3d.train.pointcloud_task:PointCloudSegmentationTask",
     "detection": "geo3d.train.detection_task:DetectionTask",
+    "scene_segmentation": "geo3d.train.scene_segmentation_task:SceneSegmentationTask",
 }
 
 

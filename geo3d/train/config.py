@@ -80,7 +80,12 @@ class LossConfig(_Strict):
 
 class ExperimentConfig(_Strict):
     task: Literal[
-        "eqgat_diff", "potential", "pointcloud_classification", "pointcloud_segmentation", "detection"
+        "eqgat_diff",
+        "potential",
+        "pointcloud_classification",
+        "pointcloud_segmentation",
+        "detection",
+        "scene_segmentation",
     ]
     name: str = "experiment"
     model: dict[str, Any] = Field(default_factory=dict)

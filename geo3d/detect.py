@@ -155,7 +155,9 @@ def plot_detections(
     xyz = pos.cpu().numpy()
     cls = result["point_class"].numpy()
     views = [("top view", 0, 1)] + ([("side view", 0, 2)] if side_view else [])
-    fig = Figure(figsize=(7 * len(views), 7), layout="constrained")
+    span = xyz.max(0) - xyz.min(0) + 1e-6
+    height = min(9.0, max(3.0, 6.0 * float(span[1] / span[0]) + 1.0))  # follow the room's top-view aspect
+    fig = Figure(figsize=(7 * len(views), height), layout="constrained")
     for v, (name, a, b) in enumerate(views):
         ax = fig.add_subplot(1, len(views), v + 1)
         point_colours = ["#c8c8c8" if k < 0 else colour(int(k)) for k in cls]
@@ -185,7 +187,7 @@ def plot_detections(
             name_k = class_names[k] if k < len(class_names) else str(k)
             ax.scatter([], [], s=12, c=colour(k), label=name_k)
         if v == 0 and (cls >= 0).any():
-            ax.legend(loc="upper right", fontsize=7, markerscale=1.5)
+            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, markerscale=1.5)
         ax.set_aspect("equal")
         ax.set_xlabel("x (m)")
         ax.set_ylabel("y (m)" if b == 1 else "z (m)")

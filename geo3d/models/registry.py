@@ -94,6 +94,13 @@ SHIPPED: dict[str, ShippedModel] = {
         "pointcloud-classification",
         "PaRot (patch-wise rotation-invariant network) on the procedural Shapes set (configs/parot_shapes.yaml)",
     ),
+    "votenet-rooms": ShippedModel(
+        "votenet-rooms",
+        "votenet-rooms.pt",
+        "3d-detection",
+        "VoteNet-style detector (PointNet++ backbone, not equivariant) on procedural Rooms scenes "
+        "(configs/detect_rooms_votenet.yaml)",
+    ),
     "xtb-organic": ShippedModel(
         "xtb-organic",
         "xtb-organic.pt",

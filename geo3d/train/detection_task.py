@@ -77,7 +77,7 @@ class DetectionTask:
         if d.dataset != "rooms":
             raise ValueError(f"data.dataset: the detection task reads 'rooms', got {d.dataset!r}")
         protocol = _AUGMENT[d.train_rotation]
-        gen = torch.Generator().manual_seed(self.cfg.train.seed)
+        gen = self._augment_gen = torch.Generator().manual_seed(self.cfg.train.seed)
         augment = SceneRotation(protocol, gen) if protocol else None
         common = {
             "seed": self.cfg.train.seed,
@@ -88,6 +88,11 @@ class DetectionTask:
         train = Rooms("train", num_scenes=_capped(d.num_scenes, d.limit_train), transform=augment, **common)
         val = Rooms("val", num_scenes=_capped(d.val_scenes, d.limit_val), **common)
         return train, val
+
+    def set_epoch(self, epoch: int) -> None:
+        """Restart the augmentation stream from (seed, epoch): a resumed epoch sees the same rotations."""
+        if hasattr(self, "_augment_gen"):
+            self._augment_gen.manual_seed(self.cfg.train.seed + 10_007 * (epoch + 1))
 
     def model_config(self, train_set: Dataset) -> dict[str, Any]:
         config = copy.deepcopy(self.cfg.model)

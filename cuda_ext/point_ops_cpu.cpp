@@ -20,6 +20,8 @@
 #include <omp.h>
 #endif
 
+#include "point_ops_common.h"
+
 namespace geo3d {
 namespace {
 
@@ -136,18 +138,6 @@ void knn_query(const Grid& g, const T* p, int64_t q, int64_t k, bool loop, std::
   std::sort_heap(heap.begin(), heap.end());
 }
 
-void check_points(const char* op, const at::Tensor& pos, const at::Tensor& ptr) {
-  TORCH_CHECK(pos.dim() == 2 && pos.size(1) == 3, op, ": 'pos' must be [N, 3], got ", pos.sizes());
-  TORCH_CHECK(pos.scalar_type() == at::kFloat || pos.scalar_type() == at::kDouble, op,
-              ": 'pos' must be float32 or float64, got ", pos.scalar_type());
-  TORCH_CHECK(ptr.dim() == 1 && ptr.size(0) >= 1 && ptr.scalar_type() == at::kLong && ptr.is_cpu(), op,
-              ": 'ptr' must be a CPU int64 [B + 1] tensor");
-  const int64_t* pp = ptr.data_ptr<int64_t>();
-  const int64_t B = ptr.size(0) - 1;
-  TORCH_CHECK(pp[0] == 0 && pp[B] == pos.size(0), op, ": 'ptr' must run from 0 to N = ", pos.size(0));
-  for (int64_t b = 0; b < B; ++b) TORCH_CHECK(pp[b + 1] >= pp[b], op, ": 'ptr' must be non-decreasing");
-}
-
 template <typename T>
 at::Tensor knn_impl(const at::Tensor& pos, const at::Tensor& ptr, int64_t k, bool loop) {
   const int64_t N = pos.size(0), B = ptr.size(0) - 1;
@@ -190,8 +180,7 @@ at::Tensor knn_impl(const at::Tensor& pos, const at::Tensor& ptr, int64_t k, boo
 // [2, E] int64: row 0 the neighbour j, row 1 the centre i; for each centre, its
 // min(k, n - 1 (n with loop)) nearest points of its own graph, nearest first.
 at::Tensor knn_graph_cpu(const at::Tensor& pos_, const at::Tensor& ptr, int64_t k, bool loop) {
-  check_points("geo3d::knn_graph", pos_, ptr);
-  TORCH_CHECK(k >= 1, "geo3d::knn_graph: k must be >= 1, got ", k);
+  check_knn_args(pos_, ptr, k);
   const auto pos = pos_.contiguous();
   if (pos.scalar_type() == at::kDouble) return knn_impl<double>(pos, ptr, k, loop);
   return knn_impl<float>(pos, ptr, k, loop);
@@ -234,21 +223,12 @@ void fps_graph(const T* p, int64_t n, int64_t m, int64_t first, int64_t base, in
 // Indices [sum_b m_b] of the sampled points, graph by graph in selection order;
 // m_b = ceil(ratio * n_b) (at least 1 for a non-empty graph), start[b] the first pick.
 at::Tensor fps_cpu(const at::Tensor& pos_, const at::Tensor& ptr, const at::Tensor& counts, const at::Tensor& start) {
-  check_points("geo3d::fps", pos_, ptr);
+  check_fps_args(pos_, ptr, counts, start);
   const int64_t B = ptr.size(0) - 1;
-  TORCH_CHECK(counts.dim() == 1 && counts.size(0) == B && counts.scalar_type() == at::kLong && counts.is_cpu(),
-              "geo3d::fps: 'counts' must be a CPU int64 [B] tensor");
-  TORCH_CHECK(start.dim() == 1 && start.size(0) == B && start.scalar_type() == at::kLong && start.is_cpu(),
-              "geo3d::fps: 'start' must be a CPU int64 [B] tensor");
   const auto pos = pos_.contiguous();
   const int64_t *pp = ptr.data_ptr<int64_t>(), *pc = counts.data_ptr<int64_t>(), *ps = start.data_ptr<int64_t>();
   std::vector<int64_t> offset(B + 1, 0);
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t n = pp[b + 1] - pp[b];
-    TORCH_CHECK(pc[b] >= 0 && pc[b] <= n, "geo3d::fps: graph ", b, " asks for ", pc[b], " of ", n, " points");
-    TORCH_CHECK(n == 0 || (ps[b] >= 0 && ps[b] < n), "geo3d::fps: start ", ps[b], " outside graph ", b);
-    offset[b + 1] = offset[b] + pc[b];
-  }
+  for (int64_t b = 0; b < B; ++b) offset[b + 1] = offset[b] + pc[b];
   auto out = at::empty({offset[B]}, pos.options().dtype(at::kLong));
   int64_t* po = out.data_ptr<int64_t>();
   const bool many = B > 1;

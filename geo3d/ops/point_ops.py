@@ -1,7 +1,8 @@
 """Point-cloud graph ops: k-nearest-neighbour graphs and farthest-point sampling, batched.
 
 Same conventions and backend rules as the radius graph (``reference`` brute
-force, ``cpu``; ``$GEO3D_POINT_OPS_BACKEND`` or ``backend=`` forces one):
+force, ``cpu``, ``cuda`` for CUDA tensors; ``cpu`` and ``cuda`` return identical
+indices in identical order; ``$GEO3D_POINT_OPS_BACKEND`` or ``backend=`` forces one):
 ``edge_index[0]`` is the neighbour j, ``edge_index[1]`` the centre i; batches
 are PyG's sorted ``batch`` vectors. Nothing is silently truncated: a graph with
 fewer than ``k + 1`` points gives each of its points every other point.
@@ -87,7 +88,7 @@ def knn_graph_reference(pos: Tensor, ptr: Tensor, k: int, loop: bool) -> Tensor:
         # Stable sort by distance over ascending indices = order by (distance, index).
         order = torch.sort(d, dim=1, stable=True).indices[:, :m]
         src.append(order.reshape(-1) + lo)
-        dst.append(torch.arange(lo, hi).repeat_interleave(m))
+        dst.append(torch.arange(lo, hi, device=pos.device).repeat_interleave(m))
     if not src:
         return torch.empty(2, 0, dtype=torch.long, device=pos.device)
     return torch.stack([torch.cat(src), torch.cat(dst)]).to(pos.device)
@@ -139,7 +140,7 @@ def fps_reference(pos: Tensor, ptr: Tensor, counts: Tensor, start: Tensor) -> Te
             continue
         p = pos[lo:hi].detach().double()
         chosen = [int(start[b])]
-        dist = torch.full((hi - lo,), math.inf, dtype=torch.float64)
+        dist = torch.full((hi - lo,), math.inf, dtype=torch.float64, device=p.device)
         for _ in range(m - 1):
             dist = torch.minimum(dist, ((p - p[chosen[-1]]) ** 2).sum(-1))
             chosen.append(int(torch.argmax(dist)))  # argmax returns the first maximum

@@ -43,10 +43,10 @@ namespace {
 using pointops::FpsBest;
 using pointops::FpsGraph;
 using pointops::KnnBlock;
+using pointops::kKnnTile;
 
 constexpr int kWarp = 32;
 constexpr unsigned int kFullMask = 0xffffffffu;
-constexpr int kKnnTile = 256;
 constexpr int kFpsMaxThreads = 1024;
 constexpr int kDefaultSmem = 48 * 1024;  // dynamic shared memory without opting in
 constexpr int kFpsStaticSmem = 1024;      // the reduction's arrays, with room to spare

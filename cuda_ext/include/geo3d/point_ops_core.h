@@ -204,6 +204,7 @@ struct KnnBlock {
 };
 
 constexpr int kKnnMaxThreads = 128;
+constexpr int kKnnTile = 256;  // candidates staged in shared memory at a time
 
 struct KnnPlan {
   std::vector<KnnBlock> blocks;  // graphs with no edges get none

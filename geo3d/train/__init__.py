@@ -9,6 +9,7 @@ TASKS = {
     "pointcloud_segmentation": "geo3d.train.pointcloud_task:PointCloudSegmentationTask",
     "detection": "geo3d.train.detection_task:DetectionTask",
     "scene_segmentation": "geo3d.train.scene_segmentation_task:SceneSegmentationTask",
+    "scene_detection_segmentation": "geo3d.train.scene_detection_task:SceneDetectionSegmentationTask",
 }
 
 

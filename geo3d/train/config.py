@@ -86,6 +86,7 @@ class ExperimentConfig(_Strict):
         "pointcloud_segmentation",
         "detection",
         "scene_segmentation",
+        "scene_detection_segmentation",
     ]
     name: str = "experiment"
     model: dict[str, Any] = Field(default_factory=dict)

@@ -124,6 +124,7 @@ MeterFactory = Callable[[nn.Module], Meter]
 SCENE_METERS: dict[str, tuple[MeterFactory, ...]] = {
     "votenet": (DetectionMeter,),
     "apen": (SegmentationMeter,),  # APEN's seg_logits over Rooms' semantic labels
+    "apen_detector": (DetectionMeter, SegmentationMeter),  # APEN with both heads (apen-rooms)
 }
 
 

@@ -46,19 +46,22 @@ at::Tensor knn_graph_cuda(const at::Tensor& pos_in, const at::Tensor& ptr, int64
   at::Tensor out = at::empty({2, E}, pos.options().dtype(at::kLong));
   if (E == 0) return out;
   const at::Tensor blocks_d = to_device(plan.blocks, pos.device());
+  const auto* blocks = reinterpret_cast<const pointops::KnnBlock*>(blocks_d.data_ptr());
+  const int64_t num_blocks = static_cast<int64_t>(plan.blocks.size());
   at::Tensor scratch;  // distances of the global-memory lists only
   if (pointops::knn_register_slots(plan.max_degree) == 0) scratch = at::empty({E}, pos.options().dtype(at::kDouble));
-  int64_t* src = out.data_ptr<int64_t>();
-  const auto* blk = reinterpret_cast<const pointops::KnnBlock*>(blocks_d.data_ptr());
   double* sp = scratch.defined() ? scratch.data_ptr<double>() : nullptr;
+  int64_t* src = out.data_ptr<int64_t>();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t nb = static_cast<int64_t>(plan.blocks.size());
+  auto run = [&](auto tag) {
+    using real = decltype(tag);
+    C10_CUDA_CHECK(cuda::launch_knn<real>(pos.data_ptr<real>(), blocks, num_blocks, plan.threads, plan.max_degree,
+                                          loop, src, src + E, sp, stream));
+  };
   if (pos.scalar_type() == at::kDouble)
-    C10_CUDA_CHECK(cuda::launch_knn<double>(pos.data_ptr<double>(), blk, nb, plan.threads, plan.max_degree, loop, src,
-                                            src + E, sp, stream));
+    run(double{});
   else
-    C10_CUDA_CHECK(cuda::launch_knn<float>(pos.data_ptr<float>(), blk, nb, plan.threads, plan.max_degree, loop, src,
-                                           src + E, sp, stream));
+    run(float{});
   return out;
 }
 
@@ -77,16 +80,19 @@ at::Tensor fps_cuda(const at::Tensor& pos_in, const at::Tensor& ptr, const at::T
   at::Tensor out = at::empty({M}, pos.options().dtype(at::kLong));
   if (M == 0) return out;
   const at::Tensor graphs_d = to_device(graphs, pos.device());
-  const at::Tensor scratch = at::empty({pos.size(0)}, pos.options().dtype(at::kDouble));  // large graphs' distances
   const auto* g = reinterpret_cast<const pointops::FpsGraph*>(graphs_d.data_ptr());
+  const int64_t num_graphs = static_cast<int64_t>(graphs.size());
+  const at::Tensor scratch = at::empty({pos.size(0)}, pos.options().dtype(at::kDouble));  // large graphs
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t ng = static_cast<int64_t>(graphs.size());
+  auto run = [&](auto tag) {
+    using real = decltype(tag);
+    C10_CUDA_CHECK(cuda::launch_fps<real>(pos.data_ptr<real>(), g, num_graphs, max_points, out.data_ptr<int64_t>(),
+                                          scratch.data_ptr<double>(), stream));
+  };
   if (pos.scalar_type() == at::kDouble)
-    C10_CUDA_CHECK(cuda::launch_fps<double>(pos.data_ptr<double>(), g, ng, max_points, out.data_ptr<int64_t>(),
-                                            scratch.data_ptr<double>(), stream));
+    run(double{});
   else
-    C10_CUDA_CHECK(cuda::launch_fps<float>(pos.data_ptr<float>(), g, ng, max_points, out.data_ptr<int64_t>(),
-                                           scratch.data_ptr<double>(), stream));
+    run(float{});
   return out;
 }
 

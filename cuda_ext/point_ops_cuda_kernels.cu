@@ -14,16 +14,17 @@
 // in scratch, indices in the output row); the scan only compares against the worst
 // entry, kept in registers. For float input a float distance with a proven error
 // bound rejects almost every candidate before the exact double distance is taken.
-// Why brute force and not the CPU's grid: it is O(n^2) per graph but has no data-
-// dependent structure (no bounding box, sort or ring walk, no host sync) and runs at
-// at full rate on a GPU (estimate, not measured: an H100 should scan 10^10 pairs, one
-// 10^5-point cloud, in a few ms), which covers the point-cloud models here. A grid (like the CPU's)
-// is the next step for larger single clouds.
+// Why brute force and not the CPU's grid: O(n^2) per graph, but no data-dependent
+// structure (no bounding box, sort or ring walk, no host sync) and every lane busy;
+// an H100 should scan the 10^10 pairs of a 10^5-point cloud in a few ms (an estimate:
+// never measured). That covers the point-cloud models here; a grid like the CPU's is
+// the next step for larger clouds, and a heap for large k (the global-memory list
+// inserts in O(k)).
 //
 // FPS: one block per graph (the torch_cluster / PointNet++ design). The graph's
 // distances and coordinates live in shared memory when they fit (the device's opt-in
-// limit: ~11k float32 or ~7k float64 points on an H100), otherwise distances in global scratch and
-// coordinates read from global memory (L2). Each step: every thread updates its strided
+// limit: ~11k float32 or ~7k float64 points on an H100), otherwise distances in global
+// scratch and coordinates read from global memory (L2). Each step: every thread updates its strided
 // points and keeps its farthest (lowest index on ties), a warp-shuffle reduction and a
 // second one over the warps' winners pick the block's, thread 0 writes it. The
 // reduction compares (distance desc, index asc), a total order, so the result is the

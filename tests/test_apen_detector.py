@@ -101,6 +101,18 @@ def test_train_three_steps_then_evaluate_every_protocol(tmp_path):
         for key in ("miou", "map@0.25", "map@0.5"):
             assert 0.0 <= m[key] <= 1.0, (key, m)
         assert all(math.isfinite(v) for v in m.values())
+    # geo3d detect on a scan file: boxes JSON (with the segmentation head's point classes inside)
+    scan = make_scene(0, "test", 0, num_points=600).pos
+    ply = tmp_path / "scan.ply"
+    header = ["ply", "format ascii 1.0", f"element vertex {len(scan)}"]
+    header += [f"property float {c}" for c in "xyz"] + ["end_header"]
+    ply.write_text("\n".join(header + [" ".join(f"{v:.5f}" for v in p) for p in scan.tolist()]) + "\n")
+    out = tmp_path / "boxes.json"
+    args = ["detect", str(ply), "--model", str(last), "-o", str(out), "--score-threshold", "0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    boxes = json.loads(out.read_text())["boxes"]
+    assert boxes and set(boxes[0]) == {"class", "score", "centre", "size", "yaw"}
 
 
 def test_per_object_motions_move_seed_votes_and_keep_logits_given_the_true_partition():

@@ -239,18 +239,23 @@ def evaluate(
     if protocol not in ("", "all"):
         _fail(f"--protocol must be 'all' or omitted, got {protocol!r}")
     train_rot = config.get("train_rotation", "?")
+    # the Shapes variant it was trained on (the run's data config; older checkpoints: standard)
+    experiment = net.geo3d_checkpoint.get("extra", {}).get("train_state", {}).get("experiment", {})
+    difficulty = experiment.get("data", {}).get("difficulty", "standard")
     results = {}
     for rot in rotations:
         try:
             transform = RandomRotate(rot, torch.Generator().manual_seed(seed))
         except ValueError as exc:
             _fail(str(exc))
-        test = Shapes("test", per_class, int(config.get("num_points", 1024)), transform=transform)
+        test = Shapes(
+            "test", per_class, int(config.get("num_points", 1024)), transform=transform, difficulty=difficulty
+        )
         results[f"{train_rot}/{rot}"] = metric_fn(net, test)
     if as_json:
         print(json.dumps(results))
         return
-    table = Table(title=f"{model} on Shapes test ({per_class} per class)")
+    table = Table(title=f"{model} on Shapes ({difficulty}) test ({per_class} per class)")
     table.add_column("train / test rotation")
     names = list(next(iter(results.values())))
     for name in names:

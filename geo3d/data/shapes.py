@@ -11,10 +11,40 @@ cached after the first build (``~/.cache/geo3d/shapes``).
 Classes are chosen so that simple statistics do not separate them: several
 share primitives and proportions (mug/bottle/cylinder, lamp/mushroom,
 snowman/dumbbell/capsule), and sizes are normalised away.
+
+Two difficulties (``Shapes(difficulty=...)``, part of the cache key):
+
+* ``"standard"``: narrow proportions, one arrangement per class. The shipped
+  models were trained on it, and it is too easy: a D2 histogram of pairwise
+  distances plus an MLP (``benchmarks/shapes_baseline.py``) scores 96.6%, because
+  each class has its own, tight distance distribution.
+* ``"hard"``: the same classes and parts, built to make global distance
+  statistics overlap across classes while the arrangement of the parts still
+  decides the class (and so stays learnable by a model that sees the geometry):
+
+  - wide, independent proportions per part (plates to rods, squat to tall),
+    so one class's D2 histograms spread over its neighbours';
+  - several arrangements per class: legs at the corners, inset, splayed, 3 or 4
+    around a round top, or a pedestal; a slab or a two-post back, tilted; a
+    handle at any height; a shade opening down or up, on an off-centre pole;
+    high or low, swept wings and a T- or low tail; spherical or disc weights;
+  - an anisotropic stretch of the whole object (each axis by ``exp(+-0.3)``),
+    which moves every distance but no part's place in the arrangement;
+  - up to 3 small distractors (knobs: a sphere, cube or rod) stuck on the
+    surface, each labelled as the part it sits on;
+  - a partial surface: most shapes lose up to 25% of their points to a planar
+    cut, refused when a part would lose half of its own (every part stays).
+
+  Every arrangement has a mirror plane, and the random distractors and cuts come
+  in both hands with equal probability, so no class is another's mirror image:
+  E(3)-invariant models such as TinvNN cannot see reflections. Part ids and
+  ``PARTS`` are the standard ones. The generator is about as fast as the
+  standard one (a few ms per shape).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -53,22 +83,42 @@ for _name, _parts in CLASSES:
     _next += len(_parts)
 NUM_PARTS = _next
 CACHE_VERSION = 1
+DIFFICULTIES = ("standard", "hard")
+# The hard variant's perturbations (module docstring): stretch factors in exp(+-HARD_STRETCH) per
+# axis; up to HARD_DISTRACTORS small parts of radius HARD_DISTRACTOR_SIZE x the object's; with
+# probability HARD_CUT_PROB a planar cut removes up to HARD_MAX_CUT of the points, refused when
+# a part would keep less than HARD_MIN_PART_KEPT of its own.
+HARD_STRETCH = 0.3
+HARD_DISTRACTORS = 3
+HARD_DISTRACTOR_SIZE = (0.03, 0.1)
+HARD_CUT_PROB = 0.7
+HARD_MAX_CUT = 0.25
+HARD_MIN_PART_KEPT = 0.5
+
+
+def _at(mesh, x=0.0, y=0.0, z=0.0):
+    """``mesh`` translated by ``(x, y, z)`` (in place)."""
+    mesh.apply_translation([x, y, z])
+    return mesh
+
+
+def _rot(mesh, axis, angle):
+    """``mesh`` rotated by ``angle`` about ``axis`` through the origin (in place)."""
+    import trimesh
+
+    mesh.apply_transform(trimesh.transformations.rotation_matrix(angle, axis))
+    return mesh
+
+
+def _u(rng, lo, hi):
+    return float(rng.uniform(lo, hi))
 
 
 def _mesh_builders():
-    import trimesh
+    """Standard builders: one per class, ``rng -> [[mesh, ...] per part]``."""
     from trimesh import creation
 
-    def at(mesh, x=0.0, y=0.0, z=0.0):
-        mesh.apply_translation([x, y, z])
-        return mesh
-
-    def rot(mesh, axis, angle):
-        mesh.apply_transform(trimesh.transformations.rotation_matrix(angle, axis))
-        return mesh
-
-    def u(rng, lo, hi):
-        return float(rng.uniform(lo, hi))
+    at, rot, u = _at, _rot, _u
 
     def box(rng):
         return [[creation.box((u(rng, 0.5, 1.5), u(rng, 0.5, 1.5), u(rng, 0.5, 1.5)))]]
@@ -182,12 +232,321 @@ def _mesh_builders():
     return builders
 
 
-def make_shape(label: int, num_points: int, rng: np.random.Generator) -> Data:
-    """One instance of class ``label``: ``pos [P, 3]``, ``normal [P, 3]``, ``y [1]``, ``part [P]``.
+# The hard variant (``difficulty="hard"``): same 16 classes and parts, built so that global
+# distance statistics overlap across classes while the arrangement of the parts still decides.
 
-    Points are sampled by area over all the class's primitives; the cloud is
-    centred and scaled into the unit sphere.
+
+def _legs(feet_xy, height, radius, splay, sections):
+    """Legs from ``(x, y, height)`` down to the floor, their feet pushed out by ``splay`` (a fraction)."""
+    from trimesh import creation
+
+    return [
+        creation.cylinder(
+            radius, segment=[[x * (1 + splay), y * (1 + splay), 0.0], [x, y, height]], sections=sections
+        )
+        for x, y in feet_xy
+    ]
+
+
+def _leg_layout(rng, half_w, half_d, round_top):
+    """Where legs meet a top: 4 corners of a rectangle, or 3 or 4 legs evenly around a round top."""
+    inset = 1 - _u(rng, 0.05, 0.3)
+    if not round_top:
+        return [(sx * half_w * inset, sy * half_d * inset) for sx in (-1, 1) for sy in (-1, 1)]
+    n = int(rng.integers(3, 5))
+    return [
+        (half_w * inset * math.cos(2 * math.pi * k / n), half_w * inset * math.sin(2 * math.pi * k / n))
+        for k in range(n)
+    ]
+
+
+def _pedestal(rng, height, foot_r, sections=24):
+    """A central column on a foot disk (a pedestal table or a swivel chair's base)."""
+    from trimesh import creation
+
+    foot_t = _u(rng, 0.03, 0.08)
+    col_r = foot_r * _u(rng, 0.12, 0.3)
+    return [
+        _at(creation.cylinder(col_r, height, sections=16), z=height / 2),
+        _at(creation.cylinder(foot_r, foot_t, sections=sections), z=foot_t / 2),
+    ]
+
+
+def _hard_builders():
+    """Hard builders: the classes and parts of ``_mesh_builders``, with wide, independent proportions
+    and several arrangements per class (legs at corners, splayed or on a pedestal; handles at any
+    height; high or low, swept wings; spherical or disc weights; ...)."""
+    from trimesh import creation
+
+    at, rot, u = _at, _rot, _u
+
+    def box(rng):
+        return [[creation.box(np.exp(rng.uniform(math.log(0.25), math.log(1.5), 3)))]]
+
+    def sphere(rng):
+        m = creation.icosphere(subdivisions=3, radius=1.0)
+        m.apply_scale(rng.uniform(0.6, 1.4, 3))
+        return [[m]]
+
+    def cylinder(rng):
+        return [[creation.cylinder(u(rng, 0.15, 0.9), u(rng, 0.3, 3.0), sections=32)]]
+
+    def cone(rng):
+        return [[creation.cone(u(rng, 0.25, 1.0), u(rng, 0.4, 2.5), sections=32)]]
+
+    def capsule(rng):
+        r = u(rng, 0.15, 0.7)
+        return [[creation.capsule(height=r * u(rng, 1.0, 5.0), radius=r)]]
+
+    def torus(rng):
+        major = u(rng, 0.6, 1.0)
+        return [[creation.torus(major, major * u(rng, 0.1, 0.45), major_sections=32, minor_sections=12)]]
+
+    def table(rng):
+        w, h, t = u(rng, 1.0, 2.2), u(rng, 0.45, 1.3), u(rng, 0.03, 0.18)
+        round_top = rng.random() < 0.35
+        d = w if round_top else w * u(rng, 0.45, 1.0)
+        top = creation.cylinder(w / 2, t, sections=32) if round_top else creation.box((w, d, t))
+        if rng.random() < 0.25:
+            legs = _pedestal(rng, h, w * u(rng, 0.2, 0.35))
+        else:
+            sections = 4 if rng.random() < 0.5 else 10
+            feet = _leg_layout(rng, w / 2, d / 2, round_top)
+            legs = _legs(feet, h, w * u(rng, 0.015, 0.05), u(rng, 0.0, 0.2), sections)
+        return [[at(top, z=h + t / 2)], legs]
+
+    def chair(rng):
+        w, h, t = u(rng, 0.6, 1.2), u(rng, 0.45, 1.1), u(rng, 0.04, 0.12)
+        d, back_h, back_t = w * u(rng, 0.8, 1.25), u(rng, 0.35, 1.3), u(rng, 0.03, 0.1)
+        if rng.random() < 0.25:
+            legs = _pedestal(rng, h, w * u(rng, 0.35, 0.5))
+        else:
+            feet = _leg_layout(rng, w / 2, d / 2, False)
+            legs = _legs(feet, h, w * u(rng, 0.02, 0.06), u(rng, 0.0, 0.15), 4 if rng.random() < 0.5 else 10)
+        if rng.random() < 0.35:  # two posts and a top rail
+            post_r = back_t / 2
+            back = [
+                at(creation.cylinder(post_r, back_h, sections=8), x=sx * (w / 2 - post_r), z=back_h / 2)
+                for sx in (-1, 1)
+            ]
+            rail_h = back_h * u(rng, 0.2, 0.4)
+            back.append(at(creation.box((w, back_t, rail_h)), z=back_h - rail_h / 2))
+        else:
+            back = [at(creation.box((w * u(rng, 0.7, 1.0), back_t, back_h)), z=back_h / 2)]
+        tilt = u(rng, 0.0, 0.35)  # leaning backwards, away from the seat
+        back = [at(rot(m, [1, 0, 0], -tilt), y=d / 2 - back_t / 2, z=h + t) for m in back]
+        return [[at(creation.box((w, d, t)), z=h + t / 2)], legs, back]
+
+    def mug(rng):
+        r, h = u(rng, 0.3, 0.7), u(rng, 0.5, 1.6)
+        major = h * u(rng, 0.22, 0.4)
+        handle = rot(
+            creation.torus(major, major * u(rng, 0.18, 0.32), major_sections=24, minor_sections=8),
+            [1, 0, 0],
+            math.pi / 2,
+        )
+        handle.apply_scale([u(rng, 0.6, 1.1), 1, 1])  # round or flattened against the body
+        z = u(rng, -1, 1) * max(0.0, h / 2 - major)
+        return [[creation.cylinder(r, h, sections=32)], [at(handle, x=r + major * u(rng, 0.1, 0.5), z=z)]]
+
+    def lamp(rng):
+        base_t = u(rng, 0.03, 0.15)
+        if rng.random() < 0.7:
+            base_r = u(rng, 0.2, 0.55)
+            base = creation.cylinder(base_r, base_t, sections=32)
+        else:
+            base_r = u(rng, 0.2, 0.5)
+            base = creation.box((2 * base_r, 2 * base_r * u(rng, 0.6, 1.0), base_t))
+        pole_h, pole_r = u(rng, 0.6, 2.2), u(rng, 0.015, 0.06)
+        x = u(rng, -0.6, 0.6) * base_r  # the pole need not stand in the middle of the base
+        sr, sh = u(rng, 0.25, 0.8), u(rng, 0.25, 0.9)
+        shade = creation.cone(sr, sh, sections=32)
+        if rng.random() < 0.3:  # an uplighter: the shade opens upwards
+            shade = at(rot(shade, [1, 0, 0], math.pi), z=sh)
+        return [
+            [at(base, z=base_t / 2)],
+            [at(creation.cylinder(pole_r, pole_h, sections=12), x=x, z=pole_h / 2)],
+            [at(shade, x=x, z=pole_h - sh * u(rng, 0.05, 0.5))],
+        ]
+
+    def bottle(rng):
+        r, h = u(rng, 0.22, 0.6), u(rng, 0.7, 2.0)
+        nr, nh = r * u(rng, 0.25, 0.55), u(rng, 0.15, 0.7)
+        body = [
+            creation.cylinder(r, h, sections=32)
+            if rng.random() < 0.7
+            else creation.box((2 * r, 2 * r * u(rng, 0.6, 1.0), h))
+        ]
+        neck_z = h / 2
+        if rng.random() < 0.6:  # a shoulder narrowing into the neck
+            sh = r * u(rng, 0.4, 1.5)
+            body.append(at(creation.cone(r, sh, sections=32), z=h / 2))
+            neck_z += sh * (1 - nr / r)
+        cap_r, cap_h = nr * u(rng, 1.05, 1.4), u(rng, 0.06, 0.2)
+        return [
+            body,
+            [at(creation.cylinder(nr, nh, sections=24), z=neck_z + nh / 2)],
+            [at(creation.cylinder(cap_r, cap_h, sections=24), z=neck_z + nh + cap_h / 2)],
+        ]
+
+    def airplane(rng):
+        length, fr = u(rng, 1.6, 3.6), u(rng, 0.1, 0.3)
+        body = rot(creation.capsule(height=length, radius=fr), [0, 1, 0], math.pi / 2)
+        span, chord, sweep = u(rng, 1.2, 3.8), u(rng, 0.25, 0.8), u(rng, -0.1, 0.6)
+        wx, wz = u(rng, -0.15, 0.3) * length, u(rng, -0.7, 0.7) * fr  # fore/aft, high/low wing
+        wings = [
+            at(
+                rot(at(creation.box((chord, span / 2, 0.04)), y=s * span / 4), [0, 0, 1], s * sweep),
+                x=wx,
+                z=wz,
+            )
+            for s in (-1, 1)
+        ]
+        fin_h, tail_x = u(rng, 0.25, 0.7), -length / 2 - fr * u(rng, 0.0, 0.8)
+        fin = at(creation.box((u(rng, 0.2, 0.45), 0.04, fin_h)), x=tail_x, z=fr * 0.5 + fin_h / 2)
+        stab_z = fr * 0.5 + fin_h if rng.random() < 0.25 else 0.0  # a T-tail or a low tail
+        stab = at(creation.box((u(rng, 0.2, 0.45), span * u(rng, 0.2, 0.45), 0.03)), x=tail_x, z=stab_z)
+        return [[body], wings, [stab, fin]]
+
+    def dumbbell(rng):
+        length, bar_r = u(rng, 0.6, 2.4), u(rng, 0.03, 0.12)
+        bar = rot(creation.cylinder(bar_r, length, sections=16), [0, 1, 0], math.pi / 2)
+        if rng.random() < 0.4:
+            r = u(rng, 0.15, 0.55)
+            weights = [at(creation.icosphere(2, r), x=s * length / 2) for s in (-1, 1)]
+        else:  # one to three discs at each end
+            n, r, t = int(rng.integers(1, 4)), u(rng, 0.2, 0.6), u(rng, 0.04, 0.2)
+            inset = u(rng, 0.0, 0.2) * length
+            weights = [
+                creation.cylinder(r, segment=[[x0, 0, 0], [x0 + s * t, 0, 0]], sections=32)
+                for s in (-1, 1)
+                for k in range(n)
+                for x0 in [s * (length / 2 - inset - (k + 1) * t)]
+            ]
+        return [[bar], weights]
+
+    def snowman(rng):
+        r1 = u(rng, 0.4, 0.8)
+        r2 = r1 * u(rng, 0.55, 0.95)
+        r3 = r2 * u(rng, 0.5, 0.95)
+        z2 = (r1 + r2) * u(rng, 0.7, 0.95)
+        z3 = z2 + (r2 + r3) * u(rng, 0.7, 0.95)
+        balls = [creation.icosphere(2, r) for r in (r1, r2, r3)]
+        for b in balls:
+            b.apply_scale([1, 1, u(rng, 0.85, 1.1)])
+        return [[balls[0]], [at(balls[1], z=z2)], [at(balls[2], z=z3)]]
+
+    def rocket(rng):
+        r, h = u(rng, 0.12, 0.45), u(rng, 0.8, 3.0)
+        if rng.random() < 0.3:  # a rounded nose
+            nose = creation.icosphere(2, r)
+            nose.apply_scale([1, 1, u(rng, 1.0, 3.0)])
+        else:
+            nose = creation.cone(r, r * u(rng, 1.0, 4.0), sections=32)
+        n, span, fin_h = int(rng.integers(3, 5)), r * u(rng, 0.8, 2.5), h * u(rng, 0.15, 0.4)
+        z = -h / 2 + fin_h / 2 - fin_h * u(rng, 0.0, 0.3)
+        fins = [
+            rot(
+                at(creation.box((0.03, span, fin_h)), y=r + span / 2 - 0.02, z=z),
+                [0, 0, 1],
+                2 * math.pi * k / n,
+            )
+            for k in range(n)
+        ]
+        return [[creation.cylinder(r, h, sections=32)], [at(nose, z=h / 2)], fins]
+
+    def mushroom(rng):
+        stem_r, stem_h = u(rng, 0.07, 0.3), u(rng, 0.3, 1.4)
+        cap_r = max(u(rng, 0.35, 1.0), 2.5 * stem_r)
+        flat = u(rng, 0.25, 0.8)
+        cap = creation.icosphere(3, cap_r)
+        cap.apply_scale([1, 1, flat])
+        cap_z = stem_h / 2 + cap_r * flat * u(rng, -0.3, 0.3)
+        return [[creation.cylinder(stem_r, stem_h, sections=24)], [at(cap, z=cap_z)]]
+
+    builders = [box, sphere, cylinder, cone, capsule, torus, table, chair, mug, lamp, bottle, airplane]
+    builders += [dumbbell, snowman, rocket, mushroom]
+    return builders
+
+
+def _triangles(groups, parts):
+    """All faces of ``groups`` as ``triangles [F, 3, 3]`` and the part id of each face ``[F]``."""
+    tris, part_of_face = [], []
+    for part, group in zip(parts, groups, strict=True):
+        for mesh in group:
+            tris.append(mesh.triangles)
+            part_of_face.append(np.full(len(mesh.faces), part))
+    return np.concatenate(tris), np.concatenate(part_of_face)
+
+
+def _stretch(tri, rng, amount):
+    """Scale the object along its own x, y, z by independent log-uniform factors in ``exp(+-amount)``."""
+    return tri * np.exp(rng.uniform(-amount, amount, 3))
+
+
+@functools.cache
+def _distractor_templates() -> tuple[np.ndarray, ...]:
+    """Unit-radius knob shapes as triangles ``[F, 3, 3]``: a sphere, a cube, a short rod."""
+    from trimesh import creation
+
+    meshes = [
+        creation.icosphere(1, 1.0),
+        creation.box((2.0, 2.0, 2.0)),
+        creation.cylinder(0.5, 3.0, sections=8),
+    ]
+    return tuple(m.triangles for m in meshes)
+
+
+def _distractors(tri, part_of_face, rng, max_count, size):
+    """0..``max_count`` small spheres, boxes or rods stuck on the surface, each labelled as its host part.
+
+    ``size``: their radius as a fraction of the object's radius. They change the
+    surface a little (like knobs, rivets, labels) but never which part is which.
     """
+    area = _areas(tri)
+    corners = tri.reshape(-1, 3)
+    radius = np.linalg.norm(corners - corners.mean(0), axis=1).max()
+    extra_tri, extra_part = [tri], [part_of_face]
+    for _ in range(int(rng.integers(0, max_count + 1))):
+        face = rng.choice(len(area), p=area / area.sum())
+        template = _distractor_templates()[int(rng.integers(3))]
+        extra_tri.append(template * (radius * _u(rng, *size)) + tri[face].mean(0))
+        extra_part.append(np.full(len(template), part_of_face[face]))
+    return np.concatenate(extra_tri), np.concatenate(extra_part)
+
+
+def _areas(tri):
+    return 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+
+
+def _sample_surface(tri, rng, n):
+    """``n`` points uniform by area on the triangles: ``(pos [n, 3], face [n])``."""
+    area = _areas(tri)
+    face = rng.choice(len(area), size=n, p=area / area.sum())
+    t = tri[face]
+    r1, r2 = rng.random((n, 1)), rng.random((n, 1))
+    s = np.sqrt(r1)
+    return (1 - s) * t[:, 0] + s * (1 - r2) * t[:, 1] + s * r2 * t[:, 2], face
+
+
+def _partial_view(pos, part, rng, num_points, min_part_kept):
+    """Keep the ``num_points`` of ``pos`` lowest along a random direction (a planar cut), shuffled.
+
+    The cut is refused (the first ``num_points`` are kept) when it would take more
+    than ``1 - min_part_kept`` of any part's points: a partial surface, but every
+    part still there to recognise.
+    """
+    direction = rng.normal(size=3)
+    keep = np.argsort(pos @ direction)[:num_points]
+    before = np.bincount(part, minlength=NUM_PARTS)
+    after = np.bincount(part[keep], minlength=NUM_PARTS)
+    if (after < min_part_kept * before).any():
+        keep = np.arange(num_points)
+    return keep[rng.permutation(num_points)]
+
+
+def _sample_standard(label: int, num_points: int, rng: np.random.Generator):
+    """``(pos, normal, part)`` of a standard instance: area-uniform points on its primitives."""
     import trimesh
 
     groups = _mesh_builders()[label](rng)
@@ -204,13 +563,43 @@ def make_shape(label: int, num_points: int, rng: np.random.Generator) -> Data:
     r1, r2 = rng.random((num_points, 1)), rng.random((num_points, 1))
     s = np.sqrt(r1)
     pos = (1 - s) * tri[:, 0] + s * (1 - r2) * tri[:, 1] + s * r2 * tri[:, 2]
+    return pos, mesh.face_normals[face], part_of_face[face]
+
+
+def _sample_hard(label: int, num_points: int, rng: np.random.Generator):
+    """``(pos, normal, part)`` of a hard instance: stretched, with distractors, maybe cut by a plane."""
+    groups = _hard_builders()[label](rng)
+    tri, part_of_face = _triangles(groups, PARTS[CLASS_NAMES[label]])
+    tri = _stretch(tri, rng, HARD_STRETCH)
+    tri, part_of_face = _distractors(tri, part_of_face, rng, HARD_DISTRACTORS, HARD_DISTRACTOR_SIZE)
+    cut = _u(rng, 0.0, HARD_MAX_CUT) if rng.random() < HARD_CUT_PROB else 0.0
+    pos, face = _sample_surface(tri, rng, math.ceil(num_points / (1 - cut)))
+    keep = _partial_view(pos, part_of_face[face], rng, num_points, HARD_MIN_PART_KEPT)
+    pos, face = pos[keep], face[keep]
+    n = np.cross(tri[face, 1] - tri[face, 0], tri[face, 2] - tri[face, 0])
+    return pos, n / np.linalg.norm(n, axis=1, keepdims=True), part_of_face[face]
+
+
+def make_shape(label: int, num_points: int, rng: np.random.Generator, difficulty: str = "standard") -> Data:
+    """One instance of class ``label``: ``pos [P, 3]``, ``normal [P, 3]``, ``y [1]``, ``part [P]``.
+
+    Points are sampled by area over all the class's primitives; the cloud is
+    centred and scaled into the unit sphere. ``difficulty``: ``"standard"`` or
+    ``"hard"`` (see the module docstring).
+    """
+    if difficulty == "standard":
+        pos, normal, part = _sample_standard(label, num_points, rng)
+    elif difficulty == "hard":
+        pos, normal, part = _sample_hard(label, num_points, rng)
+    else:
+        raise ValueError(f"Shapes: difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
     pos -= pos.mean(0)
     pos /= np.linalg.norm(pos, axis=1).max()
     return Data(
         pos=torch.tensor(pos, dtype=torch.float32),
-        normal=torch.tensor(mesh.face_normals[face], dtype=torch.float32),
+        normal=torch.tensor(normal, dtype=torch.float32),
         y=torch.tensor([label]),
-        part=torch.tensor(part_of_face[face], dtype=torch.long),
+        part=torch.tensor(part, dtype=torch.long),
     )
 
 
@@ -224,6 +613,8 @@ class Shapes(Dataset):
         seed: base seed; (seed, split, per_class, num_points) identify the cache file.
         transform: applied to each ``Data`` on access (e.g. a random rotation).
         cache_dir: default ``~/.cache/geo3d/shapes``; None-like ``""`` disables caching.
+        difficulty: ``"standard"`` (the shipped models' data) or ``"hard"`` (module docstring);
+            part of the cache key (``"standard"`` keeps the key it always had).
     """
 
     def __init__(
@@ -234,17 +625,24 @@ class Shapes(Dataset):
         seed: int = 0,
         transform: Callable[[Data], Data] | None = None,
         cache_dir: str | Path | None = None,
+        difficulty: str = "standard",
     ) -> None:
         if split not in ("train", "val", "test"):
             raise ValueError(f"Shapes: split must be train, val or test, got {split!r}")
-        self.split, self.transform = split, transform
+        if difficulty not in DIFFICULTIES:
+            raise ValueError(
+                f"Shapes: difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}"
+            )
+        self.split, self.transform, self.difficulty = split, transform, difficulty
         key = f"v{CACHE_VERSION}-{seed}-{split}-{per_class}-{num_points}"
+        if difficulty != "standard":
+            key += f"-{difficulty}"
 
         def build() -> dict[str, torch.Tensor]:
             rng = np.random.default_rng([seed, {"train": 0, "val": 1, "test": 2}[split]])
             labels = np.repeat(np.arange(len(CLASSES)), per_class)
             rng.shuffle(labels)
-            shapes = [make_shape(int(lab), num_points, rng) for lab in labels]
+            shapes = [make_shape(int(lab), num_points, rng, difficulty) for lab in labels]
             return {k: torch.stack([getattr(s, k) for s in shapes]) for k in ("pos", "normal", "y", "part")}
 
         self.data = load_or_build("shapes", key, cache_dir, build)

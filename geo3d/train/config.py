@@ -60,6 +60,8 @@ class DataConfig(_Strict):
     per_class: int = Field(100, ge=1)
     num_points: int = Field(1024, ge=16)
     train_rotation: Literal["none", "z", "so3"] = "z"
+    # shapes: "hard" = stretched, partial shapes with distractors (geo3d/data/shapes.py)
+    difficulty: Literal["standard", "hard"] = "standard"
     # rooms (procedural scenes): train / val scene counts (limit_train / limit_val cap them),
     # and single-view occlusion of every scene (num_points is then the visible points).
     num_scenes: int = Field(200, ge=1)

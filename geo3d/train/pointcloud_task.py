@@ -43,13 +43,21 @@ class PointCloudClassificationTask:
             )
         gen = self._augment_gen = torch.Generator().manual_seed(self.cfg.train.seed)
         augment = Compose([RandomScaleJitter(generator=gen), RandomRotate(d.train_rotation, gen)])
-        train = Shapes("train", d.per_class, d.num_points, seed=self.cfg.train.seed, transform=augment)
+        train = Shapes(
+            "train",
+            d.per_class,
+            d.num_points,
+            seed=self.cfg.train.seed,
+            transform=augment,
+            difficulty=d.difficulty,
+        )
         val = Shapes(
             "val",
             max(1, d.per_class // 5),
             d.num_points,
             seed=self.cfg.train.seed,
             transform=RandomRotate("so3", torch.Generator().manual_seed(1)),
+            difficulty=d.difficulty,
         )
         return train, val
 

@@ -211,3 +211,14 @@ def test_frame_relative_heading_round_trip():
     gt = torch.cat([centre[0], torch.ones(p, 3), yaw[:, None]], dim=1)
     cls_loss, reg_loss = frame_heading_loss(outputs, [gt])
     assert float(cls_loss) < 1e-6 and float(reg_loss) < 1e-10
+
+
+def test_fps_seed_subsample():
+    """num_seeds: S takes APEN's FPS seeds (cheaper, not per-object invariant) instead of every point."""
+    scene = make_scene(0, "test", 1, num_points=400)
+    model = APENDetector({**SMALL, "num_seeds": 48}).eval()
+    with torch.no_grad():
+        out = model(_batch([scene]), generator=torch.Generator().manual_seed(0))
+    assert out["seed_index"].shape == (1, 48) and out["vote_pos"].shape == (1, 48, 3)
+    assert torch.equal(out["vote_pos"][0], out["vote"][out["seed_index"][0]])
+    assert out["center"].shape == (1, 16, 3) and len(model.decode(out)) == 1

@@ -260,7 +260,7 @@ def _leg_layout(rng, half_w, half_d, round_top):
     ]
 
 
-def _pedestal(rng, height, foot_r, sections=24):
+def _pedestal(rng, height, foot_r):
     """A central column on a foot disk (a pedestal table or a swivel chair's base)."""
     from trimesh import creation
 
@@ -268,14 +268,17 @@ def _pedestal(rng, height, foot_r, sections=24):
     col_r = foot_r * _u(rng, 0.12, 0.3)
     return [
         _at(creation.cylinder(col_r, height, sections=16), z=height / 2),
-        _at(creation.cylinder(foot_r, foot_t, sections=sections), z=foot_t / 2),
+        _at(creation.cylinder(foot_r, foot_t, sections=24), z=foot_t / 2),
     ]
 
 
 def _hard_builders():
-    """Hard builders: the classes and parts of ``_mesh_builders``, with wide, independent proportions
-    and several arrangements per class (legs at corners, splayed or on a pedestal; handles at any
-    height; high or low, swept wings; spherical or disc weights; ...)."""
+    """Hard builders, one per class: ``rng -> [[mesh, ...] per part]``, parts as ``_mesh_builders``.
+
+    Wide, independent proportions and several arrangements per class (legs at the
+    corners, splayed or on a pedestal; handles at any height; high or low, swept
+    wings; spherical or disc weights; ...).
+    """
     from trimesh import creation
 
     at, rot, u = _at, _rot, _u
@@ -503,11 +506,14 @@ def _distractors(tri, part_of_face, rng, max_count, size):
     ``size``: their radius as a fraction of the object's radius. They change the
     surface a little (like knobs, rivets, labels) but never which part is which.
     """
+    count = int(rng.integers(0, max_count + 1))
+    if count == 0:
+        return tri, part_of_face
     area = _areas(tri)
     corners = tri.reshape(-1, 3)
     radius = np.linalg.norm(corners - corners.mean(0), axis=1).max()
     extra_tri, extra_part = [tri], [part_of_face]
-    for _ in range(int(rng.integers(0, max_count + 1))):
+    for _ in range(count):
         face = rng.choice(len(area), p=area / area.sum())
         template = _distractor_templates()[int(rng.integers(3))]
         extra_tri.append(template * (radius * _u(rng, *size)) + tri[face].mean(0))

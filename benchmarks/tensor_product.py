@@ -116,7 +116,10 @@ def run_one(problem: str, size: int, impl: str, mode: str, dtype: str, repeats: 
 def spawn(problem: str, size: int, impl: str, mode: str, dtype: str, repeats: int) -> dict | None:
     cmd = [sys.executable, __file__, "--one", f"{problem},{size},{impl},{mode}", "--dtype", dtype]
     cmd += ["--repeats", str(repeats)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # Every subprocess, e3nn's included, keeps freed memory for reuse (geo3d.runtime.retain_freed_memory
+    # through the environment): otherwise page faults of fresh intermediates dominate both sides.
+    env = {**os.environ, "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         print(f"  {impl} {mode}: failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
         return None

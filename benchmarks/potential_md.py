@@ -244,15 +244,15 @@ WORKERS = {
 
 
 # --------------------------------------------------------------------------- driver
-# geo3d's calculator keeps freed memory in the heap (geo3d.runtime.retain_freed_memory);
-# every subprocess, MACE's included, starts with the same malloc settings so that
-# neither side pays for re-faulting its per-step tensors and the other does not.
-MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
-
-
 def spawn(python: str, worker: str, extra: list[str], timeout: float) -> tuple[dict | None, str]:
     """Run a worker of this file under ``python``: (its JSON, or None and why not)."""
     cmd = [python, str(Path(__file__).resolve()), "--worker", worker, *extra]
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    # geo3d's calculator keeps freed memory for reuse (geo3d.runtime); every worker, MACE's
+    # included, starts with the same malloc settings, so neither side alone pays for page faults.
+    from geo3d.runtime import RETAIN_FREED_MEMORY_ENV
+
     try:
         proc = subprocess.run(
             cmd,
@@ -260,7 +260,7 @@ def spawn(python: str, worker: str, extra: list[str], timeout: float) -> tuple[d
             text=True,
             timeout=timeout,
             check=False,
-            env={**os.environ, **MALLOC_ENV},
+            env={**os.environ, **RETAIN_FREED_MEMORY_ENV},
         )
     except subprocess.TimeoutExpired:
         return None, f"timed out after {timeout:.0f} s"

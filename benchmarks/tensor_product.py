@@ -52,6 +52,7 @@ if str(ROOT) not in sys.path:
 
 from geo3d.nn import ChannelWiseTensorProductConv, FullyConnectedTensorProduct  # noqa: E402
 from geo3d.ops import radius_graph  # noqa: E402
+from geo3d.runtime import RETAIN_FREED_MEMORY_ENV  # noqa: E402
 
 PROBLEMS = {
     "a": ("NequIP-like conv", "32x0e+32x1o+32x2e", "0e+1o+2e", "32x0e+32x1o+32x2e"),
@@ -116,9 +117,9 @@ def run_one(problem: str, size: int, impl: str, mode: str, dtype: str, repeats: 
 def spawn(problem: str, size: int, impl: str, mode: str, dtype: str, repeats: int) -> dict | None:
     cmd = [sys.executable, __file__, "--one", f"{problem},{size},{impl},{mode}", "--dtype", dtype]
     cmd += ["--repeats", str(repeats)]
-    # Every subprocess, e3nn's included, keeps freed memory for reuse (geo3d.runtime.retain_freed_memory
-    # through the environment): otherwise page faults of fresh intermediates dominate both sides.
-    env = {**os.environ, "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+    # Every subprocess, e3nn's included, keeps freed memory for reuse (geo3d.runtime): otherwise page
+    # faults of fresh intermediates are up to half of each side's time.
+    env = {**os.environ, **RETAIN_FREED_MEMORY_ENV}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         print(f"  {impl} {mode}: failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)

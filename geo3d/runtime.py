@@ -17,6 +17,11 @@ import sys
 
 _M_TRIM_THRESHOLD = -1  # from glibc's <malloc.h>
 _M_MMAP_MAX = -4
+_TRIM_THRESHOLD = 2**31 - 1  # the largest value mallopt's int argument takes
+
+# The same settings for a process started fresh (glibc reads them at start-up): benchmarks give
+# them to every peer's subprocess, so that no side pays for page faults the other does not.
+RETAIN_FREED_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(_TRIM_THRESHOLD)}
 
 
 @functools.cache
@@ -41,6 +46,6 @@ def retain_freed_memory() -> bool:
     except (OSError, AttributeError):  # musl and other libcs have no mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    trim = mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1  # int argument: the largest it takes
+    trim = mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
     mmap = mallopt(_M_MMAP_MAX, 0) == 1
     return trim and mmap

@@ -239,9 +239,10 @@ def evaluate(
     if protocol not in ("", "all"):
         _fail(f"--protocol must be 'all' or omitted, got {protocol!r}")
     train_rot = config.get("train_rotation", "?")
-    # the Shapes variant it was trained on (the run's data config; older checkpoints: standard)
+    # the Shapes variant it was trained on (recorded in the model config; older checkpoints: the
+    # run's data config if they still carry it, else standard)
     experiment = net.geo3d_checkpoint.get("extra", {}).get("train_state", {}).get("experiment", {})
-    difficulty = experiment.get("data", {}).get("difficulty", "standard")
+    difficulty = config.get("difficulty", experiment.get("data", {}).get("difficulty", "standard"))
     results = {}
     for rot in rotations:
         try:

@@ -23,7 +23,7 @@ from geo3d.models.registry import register_architecture
 from geo3d.ops.point_ops import knn_graph
 
 DEFAULTS = {"num_classes": 16, "k": 16, "widths": [64, 64, 128], "emb": 256, "head": 128, "dropout": 0.5}
-METADATA = ("train_rotation", "num_points", "arch")
+METADATA = ("train_rotation", "num_points", "arch", "difficulty")
 
 
 class EdgeConv(nn.Module):

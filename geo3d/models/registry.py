@@ -83,6 +83,13 @@ SHIPPED: dict[str, ShippedModel] = {
         "pointcloud-classification",
         "TinvNN (MDS-invariant PointNet) on the procedural Shapes set (configs/tinvnn_shapes.yaml)",
     ),
+    "tinvnn-shapes-hard": ShippedModel(
+        "tinvnn-shapes-hard",
+        "tinvnn-shapes-hard.pt",
+        "pointcloud-classification",
+        "TinvNN on the hard Shapes variant (wide proportions, several arrangements a class, distractors, "
+        "cuts; configs/tinvnn_shapes.yaml -s data.difficulty=hard)",
+    ),
     "tinvnn-shapes-seg": ShippedModel(
         "tinvnn-shapes-seg",
         "tinvnn-shapes-seg.pt",

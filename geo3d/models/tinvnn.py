@@ -36,7 +36,7 @@ from geo3d.ops.scatter import scatter
 
 DEFAULTS = {"num_classes": 16, "use_normals": False, "widths": [64, 128, 256], "head": 128, "dropout": 0.5}
 # Recorded in the checkpoint's config by the training task, not used by the network.
-METADATA = ("train_rotation", "num_points", "arch")
+METADATA = ("train_rotation", "num_points", "arch", "difficulty")
 
 
 def mds_coordinates(

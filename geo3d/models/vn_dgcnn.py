@@ -44,7 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "head": [256, 128],
     "dropout": 0.5,
 }
-METADATA = ("train_rotation", "num_points", "arch")
+METADATA = ("train_rotation", "num_points", "arch", "difficulty")
 
 
 def check_config(config: dict[str, Any], defaults: dict[str, Any], name: str) -> dict[str, Any]:

@@ -71,6 +71,7 @@ class PointCloudClassificationTask:
         config.setdefault("num_classes", len(CLASS_NAMES))
         config["train_rotation"] = self.cfg.data.train_rotation
         config["num_points"] = self.cfg.data.num_points
+        config["difficulty"] = self.cfg.data.difficulty  # evaluate rebuilds this Shapes variant
         return config
 
     def build_model(self, model_config: dict[str, Any]) -> nn.Module:

@@ -10,3 +10,12 @@ def _seed():
     random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def single_thread():
+    """Run the test on one intra-op thread (results that depend on the reduction order), then restore."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -228,13 +228,13 @@ def evaluate(
 
     from geo3d.data.shapes import Shapes
     from geo3d.data.transforms import RandomRotate
-    from geo3d.train.pointcloud_task import ARCHS, classification_metrics, segmentation_metrics
+    from geo3d.train.pointcloud_task import ARCHS, SEG_ARCHS, classification_metrics, segmentation_metrics
 
     config = net.geo3d_checkpoint["config"]
     arch = net.geo3d_checkpoint.get("arch")
-    if arch not in (*ARCHS, "tinvnn_seg"):
+    if arch not in (*ARCHS, *SEG_ARCHS):
         _fail(f"{model}: holds a {arch!r} model, not a point-cloud classifier, segmenter or scene model")
-    metric_fn = segmentation_metrics if arch == "tinvnn_seg" else classification_metrics
+    metric_fn = segmentation_metrics if arch in SEG_ARCHS else classification_metrics
     rotations = ["z", "so3"] if protocol == "all" else [rotation]
     if protocol not in ("", "all"):
         _fail(f"--protocol must be 'all' or omitted, got {protocol!r}")

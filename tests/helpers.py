@@ -42,12 +42,19 @@ def procedural_shapes(n: int, points: int = 128) -> list:
 
 def moved_batch(shapes: list, seed: int, rotate: bool = True) -> Batch:
     """``shapes`` each rotated (SO(3), or not), translated and with its points permuted, as a Batch."""
+    return moved_batch_and_order(shapes, seed, rotate)[0]
+
+
+def moved_batch_and_order(shapes: list, seed: int, rotate: bool = True) -> tuple[Batch, torch.Tensor]:
+    """:func:`moved_batch` and, per moved point, the index of its original point in the unmoved batch."""
     g = torch.Generator().manual_seed(seed)
-    out = []
+    out, order, offset = [], [], 0
     for s in shapes:
         rot = random_rotation("so3" if rotate else "none", g)
         perm = torch.randperm(len(s.pos), generator=g)
         t = s.clone()
         t.pos = (s.pos @ rot.T + torch.randn(3, generator=g))[perm]
         out.append(t)
-    return Batch.from_data_list(out)
+        order.append(perm + offset)
+        offset += len(s.pos)
+    return Batch.from_data_list(out), torch.cat(order)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import moved_batch, procedural_shapes
+from helpers import moved_batch, moved_batch_and_order, procedural_shapes
 from torch_geometric.data import Batch
 
 from geo3d.data.transforms import random_rotation
-from geo3d.models.parot import PaRot, farthest_point_centres
+from geo3d.models.parot import PaRot, PaRotSegmentation, farthest_point_centres
 from geo3d.nn.patch_disentangle import (
     PointNetDisentangler,
     SiameseDisentangle,
@@ -84,9 +84,9 @@ def test_relation_codes_are_invariant():
     assert torch.equal(nearest(centres @ r, centres @ r, 4), nbr)
 
 
-def _warmed(config, batch) -> PaRot:
+def _warmed(config, batch, cls=PaRot) -> PaRot:
     """A model whose eval-mode BatchNorm statistics come from a few training-mode passes."""
-    model = PaRot(config).train()
+    model = cls(config).train()
     with torch.no_grad():
         for _ in range(3):
             model(batch)
@@ -152,3 +152,79 @@ def test_training_step_adds_the_aux_loss_and_gives_finite_gradients(tmp_path):
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+SEG_SMALL = {
+    **{k: v for k, v in SMALL.items() if k != "head"},
+    "k_interp": 4,
+    "root_widths": [32],
+    "point_widths": [32, 16],
+}
+
+
+def test_parot_segmentation_with_vn_encoder_is_invariant_per_point():
+    """Per-point logits move with their points under rotation + translation + permutation (exact with VN)."""
+    shapes = procedural_shapes(6)
+    model = _warmed(
+        {**SEG_SMALL, "encoder": "vn", "head": [16]}, Batch.from_data_list(shapes), PaRotSegmentation
+    )
+    ref = model(Batch.from_data_list(shapes))
+    assert ref.shape == (6 * 128, 50) and ref.std() > 1e-2
+    moved, order = moved_batch_and_order(shapes, 7)
+    err = (model(moved) - ref[order]).abs().max()
+    assert err < 1e-4, f"moving the clouds changed the per-point logits by {err:.2e}"
+    # the category input matters: the same cloud read as another category gives other logits
+    other = Batch.from_data_list(shapes)
+    other.y = (other.y + 1) % 16
+    assert (model(other) - ref).abs().max() > 1e-3
+
+
+def test_parot_segmentation_split_first_layer_equals_the_plain_linear():
+    """The pair MLP's first layer applied block-wise before gathering = one Linear on the concatenation."""
+    torch.manual_seed(0)
+    shapes = procedural_shapes(3)
+    model = PaRotSegmentation({**SEG_SMALL, "head": [16]}).eval()
+    captured = {}
+    model.pair_rest.register_forward_pre_hook(lambda m, inp: captured.update(pair=inp[0]))  # returns None
+    batch = Batch.from_data_list(shapes)
+    model(batch)
+    enc = model.encode(batch)
+    shape_code = enc.per_centre.max(dim=1, keepdim=True).values.expand(-1, SEG_SMALL["num_patches"], -1)
+    from geo3d.nn.patch_relation import apply_flat, gather_neighbours
+
+    centre = apply_flat(model.root, torch.cat([enc.patch_features, shape_code], -1))
+    nbr = nearest(enc.points, enc.centres, 4)
+    rel = enc.points.unsqueeze(2) - gather_neighbours(enc.centres, nbr)
+    u = torch.nn.functional.normalize(rel, dim=-1).unsqueeze(-1)
+    pose = torch.cat(
+        [
+            rel.norm(dim=-1, keepdim=True),
+            (gather_neighbours(enc.local_frames, nbr) @ u).squeeze(-1),
+            (gather_neighbours(enc.global_frames, nbr) @ u).squeeze(-1),
+        ],
+        -1,
+    )
+    cat = torch.nn.functional.one_hot(batch.y, 16).float()[:, None, None].expand(-1, 128, 4, -1)
+    full = torch.cat([gather_neighbours(centre, nbr), apply_flat(model.point_pose, pose), cat], -1)
+    expected = model.pair_in(full).reshape(-1, model.pair_in.out_features)
+    assert (captured["pair"] - expected).abs().max() < 1e-5
+
+
+def test_parot_segmentation_trains_through_the_segmentation_task():
+    from pathlib import Path
+
+    from geo3d.train import load_config, make_task
+
+    root = Path(__file__).resolve().parents[1]
+    overrides = [f"model.{k}={v}" for k, v in SEG_SMALL.items()] + ["data.num_points=64", "model.head=[16]"]
+    cfg = load_config(root / "configs/parot_shapes_seg.yaml", overrides)
+    task = make_task(cfg)
+    model = task.build_model(task.model_config(None)).train()
+    batch = Batch.from_data_list(procedural_shapes(4, 64))
+    loss, parts = task.loss(model, batch, torch.Generator())
+    assert "aux" in parts and torch.isfinite(loss)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    with pytest.raises(ValueError, match=r"unknown keys \['k_interpolate'\]"):
+        PaRotSegmentation({"k_interpolate": 3})

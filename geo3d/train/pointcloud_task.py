@@ -15,6 +15,16 @@ from geo3d.data.transforms import Compose, RandomRotate, RandomScaleJitter
 from geo3d.train.config import ExperimentConfig
 
 ARCHS = ("tinvnn", "dgcnn", "vn_dgcnn", "parot")
+SEG_ARCHS = ("tinvnn_seg", "parot_seg")
+
+
+def with_aux_loss(model: nn.Module, loss: torch.Tensor, parts: dict) -> tuple[torch.Tensor, dict]:
+    """Add the auxiliary training loss a model exposes after its forward (PaRot's disentanglement)."""
+    aux = getattr(getattr(model, "module", model), "aux_loss", None)  # unwrap DistributedDataParallel
+    if aux is not None:
+        loss = loss + aux
+        parts["aux"] = float(aux.detach())
+    return loss, parts
 
 
 class PointCloudClassificationTask:
@@ -82,14 +92,7 @@ class PointCloudClassificationTask:
     def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         logits = model(batch)
         loss = nn.functional.cross_entropy(logits, batch.y)
-        parts = {"acc": float((logits.argmax(1) == batch.y).float().mean())}
-        # Models with auxiliary training losses (PaRot's disentanglement) expose them after forward.
-        net = getattr(model, "module", model)  # unwrap DistributedDataParallel
-        aux = getattr(net, "aux_loss", None)
-        if aux is not None:
-            loss = loss + aux
-            parts["aux"] = float(aux.detach())
-        return loss, parts
+        return with_aux_loss(model, loss, {"acc": float((logits.argmax(1) == batch.y).float().mean())})
 
     def evaluate(self, model: nn.Module, val_set: Dataset) -> dict[str, float]:
         return classification_metrics(model, val_set)
@@ -122,8 +125,8 @@ class PointCloudSegmentationTask(PointCloudClassificationTask):
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
         self.arch = cfg.model.get("arch", "tinvnn_seg")
-        if self.arch != "tinvnn_seg":
-            raise ValueError(f"model.arch: {self.arch!r} is not a part segmenter (tinvnn_seg)")
+        if self.arch not in SEG_ARCHS:
+            raise ValueError(f"model.arch: {self.arch!r} is not a part segmenter ({', '.join(SEG_ARCHS)})")
 
     def model_config(self, train_set: Dataset) -> dict[str, Any]:
         config = super().model_config(train_set)
@@ -135,7 +138,7 @@ class PointCloudSegmentationTask(PointCloudClassificationTask):
     def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         logits = model(batch)
         loss = nn.functional.cross_entropy(logits, batch.part)
-        return loss, {"acc": float((logits.argmax(1) == batch.part).float().mean())}
+        return with_aux_loss(model, loss, {"acc": float((logits.argmax(1) == batch.part).float().mean())})
 
     def evaluate(self, model: nn.Module, val_set: Dataset) -> dict[str, float]:
         return segmentation_metrics(model, val_set)

@@ -251,7 +251,25 @@ def test_resume_is_bit_for_bit_and_logs_csv_and_tensorboard(tmp_path):
     assert [int(r["step"]) for r in rows] == list(range(1, 9))  # no step logged twice
     assert {"lr", "loss", "grad_norm", "acc"} <= set(rows[0])
     val = list(csv.DictReader((tmp_path / "b" / "val.csv").open()))
-    assert len(val) == 1 and 0.0 <= float(val[0]["accuracy"]) <= 1.0
+    # the stopped run validated its last weights (eval_on_stop) without moving the resumed run's RNG
+    assert [int(r["step"]) for r in val] == [3, 8]
+    assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in val)
+    assert len(list(csv.DictReader((tmp_path / "a" / "val.csv").open()))) == 1
     events = EventAccumulator(str(tmp_path / "a" / "tb"))
     events.Reload()
     assert len(events.Scalars("train/loss")) == 8
+
+
+def test_validation_does_not_move_the_training_rng():
+    """A validation that draws random numbers (EQGAT samples molecules) leaves torch's global stream alone."""
+    from geo3d.train.ema import EMA
+    from geo3d.train.trainer import _evaluate
+
+    class Sampling:
+        def evaluate(self, model, val_set):
+            return {"draw": float(torch.rand(()))}
+
+    model = torch.nn.Linear(2, 2)
+    before = torch.get_rng_state()
+    metrics = _evaluate(Sampling(), model, EMA(model, 0.9), None, rank=0)
+    assert torch.equal(torch.get_rng_state(), before) and 0.0 <= metrics["draw"] < 1.0

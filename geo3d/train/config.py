@@ -40,6 +40,9 @@ class TrainConfig(_Strict):
     eval_steps: int = Field(100, ge=1)
     log_every_steps: int = Field(10, ge=1)
     max_steps: int | None = Field(None, ge=1)
+    # A run stopped by max_steps / --max-minutes validates its last weights (and may update best.pt)
+    # before it exits; otherwise the work since the last epoch's validation would never be scored.
+    eval_on_stop: bool = True
     num_workers: int = Field(0, ge=0)
     # Warm start: a shipped model name or checkpoint path whose architecture config and
     # weights (raw and EMA) seed a fresh run; ignored when out_dir already holds last.pt.

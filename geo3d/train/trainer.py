@@ -177,6 +177,23 @@ def train(
     steps_per_epoch = math.ceil(len(train_set) / (tc.batch_size * world))
     stopped_early = False
     metrics: dict[str, Any] = {}
+
+    def validate() -> None:
+        nonlocal metrics, best
+        metrics = _evaluate(task, model, ema, val_set, rank)
+        metrics["epoch"], metrics["step"] = epoch, step
+        if log is not None:
+            log.validation(step, epoch, metrics)
+        score = float(metrics.get(task.headline, -math.inf))
+        if getattr(task, "lower_is_better", False):
+            score = -float(metrics.get(task.headline, math.inf))
+        if score > best:
+            best = score
+            save(best_path, metrics)
+        if rank == 0:
+            summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+            console.print(f"epoch {epoch} step {step}: {summary}")
+
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -248,22 +265,11 @@ def train(
             if not stopped_early:
                 epoch += 1
                 if epoch % tc.eval_every_epochs == 0 or epoch == tc.epochs:
-                    metrics = _evaluate(task, model, ema, val_set, rank)
-                    metrics["epoch"], metrics["step"] = epoch, step
-                    if log is not None:
-                        log.validation(step, epoch, metrics)
-                    score = float(metrics.get(task.headline, -math.inf))
-                    if getattr(task, "lower_is_better", False):
-                        score = -float(metrics.get(task.headline, math.inf))
-                    if score > best:
-                        best = score
-                        save(best_path, metrics)
-                    if rank == 0:
-                        summary = ", ".join(
-                            f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)
-                        )
-                        console.print(f"epoch {epoch}: {summary}")
+                    validate()
                 save(last_path, metrics)
+            elif tc.eval_on_stop and step > int(metrics.get("step", -1)):
+                save(last_path, metrics)  # the resume point does not depend on the validation below
+                validate()
     save(last_path, metrics)
     if log is not None:
         log.close()
@@ -291,7 +297,8 @@ def _evaluate(task: Task, model: nn.Module, ema: EMA, val_set: Dataset, rank: in
     model.load_state_dict(ema.shadow)
     model.eval()
     try:
-        with torch.no_grad():
+        # fork_rng: a validation that samples (EQGAT) must not move the training run's RNG streams
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
             return task.evaluate(model, val_set)
     finally:
         model.load_state_dict(raw)

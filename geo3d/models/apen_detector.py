@@ -69,7 +69,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from geo3d.metrics.detection import nms_3d
 from geo3d.models.apen import APEN
 from geo3d.models.apen import check_config as check_apen_config
 from geo3d.models.registry import register_architecture
@@ -78,10 +77,13 @@ from geo3d.nn.heads.detection import (
     PointMLP,
     angle_to_class,
     canonical_fps,
-    decode_boxes,
+    check_mean_sizes,
     detection_loss,
     gather_points,
     group_nearest,
+    most_likely_boxes,
+    select_detections,
+    split_box_parameters,
 )
 
 DEFAULTS: dict[str, Any] = {
@@ -187,11 +189,7 @@ class FrameVoteHead(nn.Module):
         width: int = 128,
     ) -> None:
         super().__init__()
-        mean = torch.as_tensor(mean_sizes, dtype=torch.float32)
-        if mean.shape != (num_classes, 3) or not bool((mean > 0).all()):
-            raise ValueError(
-                f"mean_sizes must be [num_classes={num_classes}, 3] and > 0, got {tuple(mean.shape)}"
-            )
+        mean = check_mean_sizes(mean_sizes, num_classes)
         self.num_classes, self.num_heading_bins = int(num_classes), int(num_heading_bins)
         self.num_proposals, self.vote_radius, self.vote_k = (
             int(num_proposals),
@@ -249,8 +247,6 @@ class FrameVoteHead(nn.Module):
         centre = (weight[..., None] * votes).sum(2)
 
         out = self.proposal_out(self.proposal_mlp(pooled))  # [B, P, 2 + 2NH + 5NC]
-        nh, nc = self.num_heading_bins, self.num_classes
-        o = 2 + 2 * nh
         return {
             "seed_pos": seed_pos,
             "vote_pos": seed_vote,
@@ -258,22 +254,13 @@ class FrameVoteHead(nn.Module):
             "objectness_logits": out[..., 0:2],
             "center": centre,
             "heading_frame": phi,
-            "heading_logits": out[..., 2 : 2 + nh],
-            "heading_residuals": out[..., 2 + nh : o],
-            "size_logits": out[..., o : o + nc],
-            "size_residuals": out[..., o + nc : o + 4 * nc].reshape(b, -1, nc, 3),
-            "sem_logits": out[..., o + 4 * nc :],
+            **split_box_parameters(out[..., 2:], self.num_heading_bins, self.num_classes),
         }
 
 
 def frame_boxes(outputs: dict[str, Tensor], mean_sizes: Tensor) -> Tensor:
     """World-frame boxes ``[B, P, 7]`` (yaw in ``[-pi, pi)``) from :class:`FrameVoteHead` outputs."""
-    nh = outputs["heading_logits"].shape[-1]
-    hcls = outputs["heading_logits"].argmax(-1)
-    hres = torch.gather(outputs["heading_residuals"], -1, hcls[..., None])[..., 0]
-    scls = outputs["size_logits"].argmax(-1)
-    sres = torch.gather(outputs["size_residuals"], 2, scls[..., None, None].expand(-1, -1, 1, 3))[:, :, 0]
-    boxes = decode_boxes(outputs["center"], hcls, hres, scls, sres, mean_sizes, nh)
+    boxes = most_likely_boxes(outputs, mean_sizes)
     relative = boxes[..., 6] / 2  # the bins cover a half turn: angle_to_class of twice the angle
     return torch.cat([boxes[..., :6], _wrap(outputs["heading_frame"] + relative)[..., None]], dim=-1)
 
@@ -287,16 +274,9 @@ def decode_frame_detections(
     per_class_nms: bool = True,
 ) -> list[dict[str, Tensor]]:
     """Boxes per scene, as :func:`geo3d.nn.heads.detection.decode_detections` but with frame-relative headings."""
-    boxes = frame_boxes(outputs, mean_sizes)
-    sem = outputs["sem_logits"].softmax(-1).max(-1)
-    scores = outputs["objectness_logits"].softmax(-1)[..., 1] * sem.values
-    result = []
-    for i in range(len(boxes)):
-        keep = (scores[i] > score_threshold).nonzero()[:, 0]
-        bx, sc, lb = boxes[i, keep], scores[i, keep], sem.indices[i, keep]
-        k = nms_3d(bx, sc, nms_iou, lb if per_class_nms else None)
-        result.append({"boxes": bx[k], "scores": sc[k], "labels": lb[k]})
-    return result
+    return select_detections(
+        frame_boxes(outputs, mean_sizes), outputs, nms_iou, score_threshold, per_class_nms
+    )
 
 
 def frame_heading_loss(outputs: dict[str, Tensor], gt_boxes: Sequence[Tensor]) -> tuple[Tensor, Tensor]:

@@ -202,11 +202,7 @@ class DetectionHead(nn.Module):
         width: int = 128,
     ) -> None:
         super().__init__()
-        mean = torch.as_tensor(mean_sizes, dtype=torch.float32)
-        if mean.shape != (num_classes, 3) or not bool((mean > 0).all()):
-            raise ValueError(
-                f"mean_sizes must be [num_classes={num_classes}, 3] and > 0, got {tuple(mean.shape)}"
-            )
+        mean = check_mean_sizes(mean_sizes, num_classes)
         self.num_classes, self.num_heading_bins, self.num_proposals = (
             num_classes,
             num_heading_bins,
@@ -247,19 +243,13 @@ class DetectionHead(nn.Module):
         h = self.aggregate(torch.cat([rel, gather_points(vote_feat, nbr)], dim=-1)).max(dim=2).values
 
         out = self.proposal_out(self.proposal_mlp(h))  # [B, P, 5 + 2NH + 5NC]
-        nh, nc = self.num_heading_bins, self.num_classes
-        o = 5 + 2 * nh
         return {
             "seed_pos": seed_pos,
             "vote_pos": vote_pos,
             "aggregated_pos": agg_pos,
             "objectness_logits": out[..., 0:2],
             "center": agg_pos + out[..., 2:5],
-            "heading_logits": out[..., 5 : 5 + nh],
-            "heading_residuals": out[..., 5 + nh : o],
-            "size_logits": out[..., o : o + nc],
-            "size_residuals": out[..., o + nc : o + 4 * nc].reshape(b, -1, nc, 3),
-            "sem_logits": out[..., o + 4 * nc :],
+            **split_box_parameters(out[..., 5:], self.num_heading_bins, self.num_classes),
         }
 
     @torch.no_grad()
@@ -290,13 +280,29 @@ def decode_detections(
     go through greedy 3D NMS on the yaw-aware IoU (only boxes of the same class
     suppress each other when ``per_class_nms``), by decreasing score.
     """
+    boxes = most_likely_boxes(outputs, mean_sizes)  # [B, P, 7]
+    return select_detections(boxes, outputs, nms_iou, score_threshold, per_class_nms)
+
+
+def most_likely_boxes(outputs: dict[str, Tensor], mean_sizes: Tensor) -> Tensor:
+    """Boxes ``[B, P, 7]`` from each proposal's most likely heading bin and size class (with residuals)."""
     nh = outputs["heading_logits"].shape[-1]
     hcls = outputs["heading_logits"].argmax(-1)
     hres = torch.gather(outputs["heading_residuals"], -1, hcls[..., None])[..., 0]
     scls = outputs["size_logits"].argmax(-1)
     idx = scls[..., None, None].expand(-1, -1, 1, 3)
     sres = torch.gather(outputs["size_residuals"], 2, idx)[:, :, 0]
-    boxes = decode_boxes(outputs["center"], hcls, hres, scls, sres, mean_sizes, nh)  # [B, P, 7]
+    return decode_boxes(outputs["center"], hcls, hres, scls, sres, mean_sizes, nh)
+
+
+def select_detections(
+    boxes: Tensor,
+    outputs: dict[str, Tensor],
+    nms_iou: float,
+    score_threshold: float,
+    per_class_nms: bool,
+) -> list[dict[str, Tensor]]:
+    """Score ``boxes [B, P, 7]`` by P(object) x P(class), threshold, 3D NMS: one dict per scene."""
     sem = outputs["sem_logits"].softmax(-1).max(-1)
     scores = outputs["objectness_logits"].softmax(-1)[..., 1] * sem.values
     result = []
@@ -306,6 +312,29 @@ def decode_detections(
         k = nms_3d(bx, sc, nms_iou, lb if per_class_nms else None)
         result.append({"boxes": bx[k], "scores": sc[k], "labels": lb[k]})
     return result
+
+
+def check_mean_sizes(mean_sizes: Tensor | Sequence[Sequence[float]], num_classes: int) -> Tensor:
+    """``mean_sizes`` as a float32 ``[NC, 3]`` tensor of positive sizes, or a ValueError saying why not."""
+    mean = torch.as_tensor(mean_sizes, dtype=torch.float32)
+    if mean.shape != (num_classes, 3) or not bool((mean > 0).all()):
+        raise ValueError(
+            f"mean_sizes must be [num_classes={num_classes}, 3] and > 0, got {tuple(mean.shape)}"
+        )
+    return mean
+
+
+def split_box_parameters(out: Tensor, num_heading_bins: int, num_classes: int) -> dict[str, Tensor]:
+    """The heading, size and class blocks of a proposal output ``out [B, P, 2NH + 5NC]`` by name."""
+    nh, nc = num_heading_bins, num_classes
+    o = 2 * nh
+    return {
+        "heading_logits": out[..., :nh],
+        "heading_residuals": out[..., nh:o],
+        "size_logits": out[..., o : o + nc],
+        "size_residuals": out[..., o + nc : o + 4 * nc].reshape(*out.shape[:-1], nc, 3),
+        "sem_logits": out[..., o + 4 * nc :],
+    }
 
 
 # ------------------------------------------------------------------ loss

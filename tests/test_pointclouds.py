@@ -47,7 +47,11 @@ def _batch(shapes):
     return Batch.from_data_list(shapes)
 
 
-def test_tinvnn_is_invariant_on_non_degenerate_shapes():
+@pytest.mark.parametrize("arch", ["tinvnn", "tinvnn_dgcnn"])
+def test_tinvnn_is_invariant_on_non_degenerate_shapes(arch):
+    """Both TinvNN backbones (PointNet with normals, DGCNN): exact E(3) + permutation invariance."""
+    from geo3d.models.registry import build_model
+
     rng = __import__("numpy").random.default_rng(0)
     shapes = [
         make_shape(label, 512, rng) for label in (6, 7, 9, 11, 14)
@@ -57,8 +61,10 @@ def test_tinvnn_is_invariant_on_non_degenerate_shapes():
     keep = [s for s, deg in zip(shapes, degenerate.tolist(), strict=True) if not deg]
     assert len(keep) >= 3
     torch.manual_seed(0)
-    model = TinvNN({"num_classes": 16, "use_normals": True}).eval()
+    config = {"num_classes": 16, "use_normals": True} if arch == "tinvnn" else {"num_classes": 16, "k": 8}
+    model = build_model(arch, config).eval()
     ref = model(_batch(keep))
+    assert ref.std() > 1e-3
     g = torch.Generator().manual_seed(2)
     moved = []
     for s in keep:
@@ -170,6 +176,8 @@ def test_dgcnn_is_permutation_invariant_but_not_rotation_invariant():
         t.pos = s.pos[torch.randperm(128, generator=g)]
         permuted.append(t)
     assert (model(_batch(permuted)) - ref).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="input must be 'xyz' or 'mds'"):
+        DGCNN({"input": "pca"})
     rotated = [RandomRotate("so3", g)(s) for s in shapes]
     assert (model(_batch(rotated)) - ref).abs().max() > 1e-3  # the baseline is not invariant
 

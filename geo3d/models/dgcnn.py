@@ -9,6 +9,11 @@ mean-pooled, and classified. Not rotation invariant: trained with z or SO(3)
 augmentation it shows how much a model loses under rotations it has not seen.
 Sizes (paper: k=20, 64-64-128-256, emb 1024) are in the config; the defaults
 are smaller for CPU training.
+
+``input: mds`` feeds TinvNN's invariant coordinates (:func:`geo3d.models.tinvnn.mds_coordinates`)
+instead of the raw positions: TinvNN with a DGCNN backbone (arch ``tinvnn_dgcnn``), invariant
+to rotations, reflections, translations and permutations wherever the MDS frame is not degenerate.
+The MDS map is an isometry of each cloud, so the first kNN graph is the same either way.
 """
 
 from __future__ import annotations
@@ -20,9 +25,18 @@ import torch
 from torch import Tensor, nn
 
 from geo3d.models.registry import register_architecture
+from geo3d.models.tinvnn import mds_coordinates
 from geo3d.ops.point_ops import knn_graph
 
-DEFAULTS = {"num_classes": 16, "k": 16, "widths": [64, 64, 128], "emb": 256, "head": 128, "dropout": 0.5}
+DEFAULTS = {
+    "num_classes": 16,
+    "input": "xyz",  # xyz: raw positions (not invariant); mds: TinvNN's invariant coordinates
+    "k": 16,
+    "widths": [64, 64, 128],
+    "emb": 256,
+    "head": 128,
+    "dropout": 0.5,
+}
 METADATA = ("train_rotation", "num_points", "arch", "difficulty")
 
 
@@ -53,6 +67,8 @@ class DGCNN(nn.Module):
         unknown = set(cfg) - set(DEFAULTS)
         if unknown:
             raise ValueError(f"dgcnn config: unknown keys {sorted(unknown)}")
+        if cfg["input"] not in ("xyz", "mds"):
+            raise ValueError(f"dgcnn config: input must be 'xyz' or 'mds', got {cfg['input']!r}")
         self.config, self.k = cfg, int(cfg["k"])
         widths = [3, *cfg["widths"]]
         self.convs = nn.ModuleList(EdgeConv(a, b) for a, b in itertools.pairwise(widths))
@@ -81,6 +97,8 @@ class DGCNN(nn.Module):
             if getattr(data, "batch", None) is not None
             else pos.new_zeros(len(pos), dtype=torch.long)
         )
+        if self.config["input"] == "mds":
+            pos = mds_coordinates(pos, batch, b)[0]
         # First graph on positions with geo3d's op (nearest first; row 0 = neighbour).
         edges = knn_graph(pos, k, batch=batch)
         nbr = (edges[0] % p).reshape(b, p, k)
@@ -100,3 +118,11 @@ class DGCNN(nn.Module):
 @register_architecture("dgcnn")
 def build(config: dict[str, Any]) -> nn.Module:
     return DGCNN(config)
+
+
+@register_architecture("tinvnn_dgcnn")
+def build_tinvnn_dgcnn(config: dict[str, Any]) -> nn.Module:
+    """TinvNN's invariant coordinates through a DGCNN (the paper's second backbone)."""
+    if config.get("input", "mds") != "mds":
+        raise ValueError("tinvnn_dgcnn config: input is always 'mds' (use arch dgcnn for raw positions)")
+    return DGCNN({**config, "input": "mds"})

@@ -14,7 +14,7 @@ from geo3d.data.shapes import CLASS_NAMES, NUM_PARTS, PARTS, Shapes
 from geo3d.data.transforms import Compose, RandomRotate, RandomScaleJitter
 from geo3d.train.config import ExperimentConfig
 
-ARCHS = ("tinvnn", "dgcnn", "vn_dgcnn", "parot")
+ARCHS = ("tinvnn", "tinvnn_dgcnn", "dgcnn", "vn_dgcnn", "parot")
 SEG_ARCHS = ("tinvnn_seg", "parot_seg")
 
 
@@ -30,7 +30,8 @@ def with_aux_loss(model: nn.Module, loss: torch.Tensor, parts: dict) -> tuple[to
 class PointCloudClassificationTask:
     """Cross-entropy on shape labels; validation accuracy under SO(3) rotations of the val split.
 
-    ``model.arch`` picks the network: ``tinvnn`` (default), ``dgcnn``, ``vn_dgcnn`` or ``parot``;
+    ``model.arch`` picks the network: ``tinvnn`` (default), ``tinvnn_dgcnn``, ``dgcnn``, ``vn_dgcnn``
+    or ``parot``;
     a model's ``aux_loss`` (set by its forward in training) is added to the cross-entropy.
     """
 

@@ -156,7 +156,9 @@ def worker_geo3d(args: argparse.Namespace) -> dict:
     from geo3d.calculators import Geo3DCalculator
 
     atoms = fcc_cu(args.size, args.seed)
-    calc = Geo3DCalculator(model=args.model_path, device="cpu", default_dtype=args.dtype, skin=args.skin)
+    calc = Geo3DCalculator(
+        model=args.model_path, device="cpu", default_dtype=args.dtype, skin=args.skin, compile=args.compile
+    )
     return time_md(atoms, calc, args.steps, args.warmup, args.seed)
 
 
@@ -336,6 +338,9 @@ def main() -> None:
     ap.add_argument("--mace-python", default=DEFAULT_MACE_PYTHON, help="python of the mace-torch environment")
     ap.add_argument("--mace-correlation", type=int, default=3, help="MACE correlation order (its default: 3)")
     ap.add_argument("--skin", type=float, default=0.5, help="geo3d calculator's Verlet skin (Å)")
+    ap.add_argument(
+        "--compile", action="store_true", help="geo3d: torch.compile the energy (compiles in the warm-up)"
+    )
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per subprocess")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="append the markdown table to this file")
@@ -408,6 +413,7 @@ def main() -> None:
             f"geo3d: {description}: channels {config['channels']}, layers {config['num_layers']}, "
             f"lmax {config['lmax']}, hidden_lmax {config['hidden_lmax']}, r_max {config['r_max']}, "
             f"elements {config['elements']}; {g_params} parameters; skin {args.skin} Å; "
+            f"{'torch.compile' if args.compile else 'eager'}; "
             f"kernel backends available: {backends}"
         )
         if mace_info is not None:
@@ -436,7 +442,8 @@ def main() -> None:
                 g, g_why = spawn(
                     sys.executable,
                     "geo3d",
-                    [*extra, "--model-path", model_arg, "--skin", str(args.skin)],
+                    [*extra, "--model-path", model_arg, "--skin", str(args.skin)]
+                    + (["--compile"] if args.compile else []),
                     args.timeout,
                 )
                 m, m_why = (None, mace_why or "not timed")

@@ -337,7 +337,7 @@ def main() -> None:
     )
     ap.add_argument("--mace-python", default=DEFAULT_MACE_PYTHON, help="python of the mace-torch environment")
     ap.add_argument("--mace-correlation", type=int, default=3, help="MACE correlation order (its default: 3)")
-    ap.add_argument("--skin", type=float, default=0.5, help="geo3d calculator's Verlet skin (Å)")
+    ap.add_argument("--skin", type=float, default=0.0, help="geo3d calculator's Verlet skin (Å)")
     ap.add_argument(
         "--compile", action="store_true", help="geo3d: torch.compile the energy (compiles in the warm-up)"
     )

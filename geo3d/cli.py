@@ -73,14 +73,32 @@ def models() -> None:
     if not rows:
         console.print("No models ship with this geo3d version yet; pass a checkpoint path to --model.")
         return
+    # Descriptions are long: inside the table on wide consoles, listed below it on narrow ones
+    # (an 80-column pipe would otherwise fold every column into a tall, unreadable grid).
+    wide = console.width >= 140
     table = Table(title="shipped models")
-    for col in ["name", "task", "parameters", "file (MB)", "headline metric", "description"]:
-        table.add_column(col)
+    # names, tasks and numbers never wrap or truncate; the metric wraps at its " = "
+    table.add_column("name", no_wrap=True)
+    table.add_column("task", no_wrap=True)
+    table.add_column("params", no_wrap=True, justify="right")
+    if wide:
+        table.add_column("MB", no_wrap=True, justify="right")
+    table.add_column("headline metric")
+    if wide:
+        table.add_column("description")
     for r in rows:
         params = f"{r['params']:,}" if r["params"] is not None else "-"
         size = f"{r['size_mb']:.2f}" if r["size_mb"] is not None else "-"
-        table.add_row(r["name"], r["task"], params, size, r["headline"], r["description"])
+        headline = r["headline"].replace("=", " = ")
+        if wide:
+            table.add_row(r["name"], r["task"], params, size, headline, r["description"])
+        else:
+            table.add_row(r["name"], r["task"], params, headline)
     console.print(table)
+    if not wide:
+        for r in rows:
+            size = f", {r['size_mb']:.2f} MB" if r["size_mb"] is not None else ""
+            console.print(f"[bold]{r['name']}[/bold]{size}: {r['description']}")
 
 
 def _neighbor_report(path: Path, cutoff: float, backend: str | None, check_ase: bool) -> bool:

@@ -120,10 +120,29 @@ def shared_uvw_backward(
     for row, pw in zip(paths.tolist(), path_weight.tolist(), strict=True):
         a, b, wp, c, so, (wo, d3) = _blocks(x1, x2, w, row)
         g = grad[:, so].reshape(z, wo, d3) * pw
-        # dx1: the third operand from (x2, g), weights [V, W, U], CG [j, k, i]; likewise dx2.
-        ga = _third(b, g, wp.permute(1, 2, 0), c.permute(1, 2, 0))
+        d1, d2 = a.shape[2], b.shape[2]
+        if min(d1, d2) <= d3:
+            # The input of smallest m-dimension, s, gets its gradient and the weight gradient from one
+            # shared product of the other two operands: P[z, k, l, m] (k over s's m-dimension).
+            if d1 <= d2:
+                s_op, p, w_slm = a, _pair(b, g, c.permute(1, 2, 0)), wp  # w as [U | V, W]
+            else:
+                s_op, p, w_slm = b, _pair(a, g, c.permute(0, 2, 1)), wp.permute(1, 0, 2)  # [V | U, W]
+            n_s, d_s = s_op.shape[1], s_op.shape[2]
+            p = p.view(z * d_s, -1)
+            grad_s = (p @ w_slm.reshape(n_s, -1).T).view(z, d_s, n_s).transpose(1, 2)
+            dw = (s_op.transpose(1, 2).reshape(z * d_s, n_s).T @ p).view(w_slm.shape)
+            if d1 <= d2:
+                ga, gb = grad_s, _third(a, g, wp.permute(0, 2, 1), c.permute(0, 2, 1))
+            else:
+                ga, gb = _third(b, g, wp.permute(1, 2, 0), c.permute(1, 2, 0)), grad_s
+                dw = dw.permute(1, 0, 2)
+        else:
+            # dx1: the third operand from (x2, g), weights [V, W, U], CG [j, k, i]; likewise dx2.
+            ga = _third(b, g, wp.permute(1, 2, 0), c.permute(1, 2, 0))
+            gb = _third(a, g, wp.permute(0, 2, 1), c.permute(0, 2, 1))
+            dw = _weight_grad(a, b, g, c)
         gx1[:, row[OFF1] : row[OFF1] + a.shape[1] * a.shape[2]] += ga.reshape(z, -1)
-        gb = _third(a, g, wp.permute(0, 2, 1), c.permute(0, 2, 1))
         gx2[:, row[OFF2] : row[OFF2] + b.shape[1] * b.shape[2]] += gb.reshape(z, -1)
-        gw[row[W_OFF] : row[W_OFF] + math.prod(wp.shape)] += _weight_grad(a, b, g, c).reshape(-1)
+        gw[row[W_OFF] : row[W_OFF] + math.prod(wp.shape)] += dw.reshape(-1)
     return gx1, gx2, gw

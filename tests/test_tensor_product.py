@@ -102,6 +102,61 @@ def test_matches_e3nn_float64(backend, shared, seed):
     compare_all_orders(ours, theirs, inputs, dtype)
 
 
+def other_modes_problem(seed: int):
+    """Every mode e3nn's kernels and ours share (uvw, uvu, uvv, uuw, uuu, uvuv), weighted or not."""
+    rng = random.Random(seed)
+    m = rng.randint(2, 5)
+    i1 = o3.Irreps(f"{m}x0e+{m}x1o+{m}x2e")
+    i2 = o3.Irreps(f"{m}x0e+{m}x1o")
+    out = o3.Irreps(f"{m}x0e+{m}x1o+{m}x2e+{m * m}x1e+1x1o+{m}x1e")
+    ins = [
+        (0, 1, 1, "uvv", True),
+        (1, 1, 0, "uvv", False),
+        (2, 1, 1, "uuw", True),
+        (1, 0, 4, "uuw", False),  # unweighted uuw sums u into one output
+        (1, 1, 5, "uuu", True),  # a cross product per channel
+        (2, 0, 2, "uuu", False),
+        (1, 1, 3, "uvuv", True),
+        (0, 0, 0, "uvu", True),
+        (2, 1, 1, "uvw", True),
+    ]
+    return i1, i2, out, [(*t, rng.uniform(0.5, 2.0)) for t in ins]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("seed", range(2))
+def test_other_modes_match_e3nn_through_double_backward(backend, shared, seed):
+    i1, i2, out, ins = other_modes_problem(seed)
+    dtype = torch.float64
+    ours = TensorProduct(i1, i2, out, ins, shared_weights=shared, internal_weights=False, backend=backend)
+    theirs = e3nn_tp(i1, i2, out, ins, shared, dtype)
+    assert ours.weight_numel == theirs.weight_numel
+    for a, b in zip(ours.instructions, theirs.instructions, strict=True):
+        assert math.isclose(a.path_weight, b.path_weight, rel_tol=1e-14)
+    z = 4
+    w = torch.randn(theirs.weight_numel) if shared else torch.randn(z, theirs.weight_numel)
+    inputs = [torch.randn(z, i1.dim, dtype=dtype), torch.randn(z, i2.dim, dtype=dtype), w.to(dtype)]
+    compare_all_orders(ours, theirs, inputs, dtype)
+
+
+def test_other_modes_without_weights_and_in_the_conv():
+    i1, i2, out, ins = other_modes_problem(3)
+    unweighted = [(a, b, c, mode, False) for a, b, c, mode, _, _ in ins if mode not in ("uvw", "uuw")]
+    ours = TensorProduct(i1, i2, out, unweighted, backend="reference")
+    theirs = e3nn_tp(i1, i2, out, unweighted, True, torch.float32)
+    assert ours.weight_numel == theirs.weight_numel == 0
+    x1, x2 = torch.randn(3, i1.dim), torch.randn(3, i2.dim)
+    assert rel_err(ours(x1, x2), theirs(x1, x2)) < 1e-5
+    conv = TensorProductConv(i1, i2, out, ins, shared_weights=False, backend=BACKENDS[-1])
+    x, sh = torch.randn(5, i1.dim), torch.randn(7, i2.dim)
+    w = torch.randn(7, conv.weight_numel)
+    edge_index = torch.tensor([[0, 1, 2, 3, 4, 0, 2], [1, 1, 0, 4, 4, 3, 3]])
+    tp = e3nn_tp(i1, i2, out, ins, False, torch.float32)
+    want = torch.zeros(5, out.dim).index_add_(0, edge_index[1], tp(x[edge_index[0]], sh, w))
+    assert rel_err(conv(x, sh, w, edge_index), want) < 1e-5
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_matches_e3nn_float32_and_l4(backend):
     i1, i2, out = o3.Irreps("4x0e+3x2e+2x4e"), o3.Irreps("0e+1o+4e"), o3.Irreps("3x0e+2x4e+2x3o")
@@ -279,7 +334,8 @@ def test_compiles_without_graph_breaks():
     [
         ((0, 0, 1, "uvw", True), "breaks parity"),
         ((0, 0, 2, "uvw", True), "triangle rule"),
-        ((0, 0, 1, "uuu", True), "mode 'uuu' is not supported"),
+        ((0, 0, 1, "uvu<v", True), "mode 'uvu<v' is not supported"),
+        ((1, 0, 1, "uuu", True), "mode 'uuu' needs mul\\(in1\\)=mul\\(in2\\)=mul\\(out\\)"),
         ((0, 0, 5, "uvw", True), "i_out=5 is not an index"),
         ((1, 0, 1, "uvu", True), "mul\\(in1\\)=mul\\(out\\)"),
         ((0, 0, 1, "uvw", False), "needs has_weight=True"),

@@ -22,7 +22,7 @@ import torch
 from e3nn import o3
 from torch import Tensor, nn
 
-from geo3d.o3.tp_plan import TPPlan, channelwise_instructions, fully_connected_instructions
+from geo3d.o3.tp_plan import TPPlan, channelwise_instructions, fully_connected_instructions, kernel_weights
 from geo3d.ops.tensor_product import tensor_product, tensor_product_conv
 
 
@@ -83,6 +83,8 @@ class _TensorProductBase(nn.Module):
         self.register_buffer("cg_value", cg_value, persistent=False)
         self.register_buffer("path_weight", path_weight, persistent=False)
         self.weight = nn.Parameter(torch.randn(self.weight_numel)) if internal_weights else None
+        index = self.plan.kernel_weight_index  # None unless modes beyond uvw/uvu are used
+        self.register_buffer("weight_index", index, persistent=False)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -93,6 +95,10 @@ class _TensorProductBase(nn.Module):
         return self
 
     def _weights(self, weight: Tensor | None, rows: int, like: Tensor, rows_name: str) -> Tensor:
+        """The kernels' weight: the user's (checked), mapped through ``weight_index`` where needed."""
+        return kernel_weights(self._user_weights(weight, rows, like, rows_name), self.weight_index)
+
+    def _user_weights(self, weight: Tensor | None, rows: int, like: Tensor, rows_name: str) -> Tensor:
         if self.weight_numel == 0:
             return like.new_zeros(0)
         if self.internal_weights:
@@ -122,7 +128,10 @@ class _TensorProductBase(nn.Module):
 
 
 class TensorProduct(_TensorProductBase):
-    """e3nn's ``TensorProduct`` (modes ``uvw`` and ``uvu``) on geo3d's kernels.
+    """e3nn's ``TensorProduct`` on geo3d's kernels.
+
+    Modes ``uvw`` and ``uvu`` run as they are; ``uvv``, ``uuw``, ``uuu`` and ``uvuv`` run as
+    ``uvw``/``uvu`` paths with a structured (gathered) weight, so they cost what those cost.
 
     Args: as ``e3nn.o3.TensorProduct`` (irreps, instructions
     ``(i_in1, i_in2, i_out, mode, has_weight[, path_weight])``, ``shared_weights``,

@@ -19,7 +19,12 @@ from dataclasses import dataclass
 import torch
 from e3nn import o3
 
-MODES = ("uvw", "uvu")
+MODES = ("uvw", "uvu", "uvv", "uuw", "uuu", "uvuv")
+# The kernels run two modes. The others are the same contraction with a structured weight:
+# ``uvv``, ``uuw`` and ``uvuv`` are ``uvw`` paths and ``uuu`` a ``uvu`` path whose kernel
+# weights are gathered from the user's (or are constant 0/1), see ``TPPlan.kernel_weight_index``.
+# Correct to round-off through every derivative, but they cost what the general mode costs.
+KERNEL_MODE = {"uvw": "uvw", "uvu": "uvu", "uvv": "uvw", "uuw": "uvw", "uvuv": "uvw", "uuu": "uvu"}
 IRREP_NORMALIZATIONS = ("component", "norm", "none")
 PATH_NORMALIZATIONS = ("element", "path", "none")
 
@@ -48,12 +53,54 @@ class Instruction:
 
 
 def _path_shape(mode: str, mul1: int, mul2: int, mul_out: int) -> tuple[int, ...]:
-    return (mul1, mul2, mul_out) if mode == "uvw" else (mul1, mul2)
+    # e3nn's shape of a path's weight block, per mode.
+    return {
+        "uvw": (mul1, mul2, mul_out),
+        "uvu": (mul1, mul2),
+        "uvv": (mul1, mul2),
+        "uuw": (mul1, mul_out),
+        "uuu": (mul1,),
+        "uvuv": (mul1, mul2),
+    }[mode]
 
 
 def _num_elements(mode: str, mul1: int, mul2: int) -> int:
     # e3nn: the number of terms summed into one output component, per mode.
-    return mul1 * mul2 if mode == "uvw" else mul2
+    return {"uvw": mul1 * mul2, "uvu": mul2, "uvv": mul1, "uuw": mul1, "uuu": 1, "uvuv": 1}[mode]
+
+
+def _kernel_weight_index(
+    mode: str, mul1: int, mul2: int, mul_out: int, base: int | None, one: int, zero: int
+):
+    """Where each kernel weight of a path comes from: ``[*kernel path shape]`` int64.
+
+    Entries index the user's flat weight extended by two constants (``one``, ``zero``);
+    ``base`` is the path's offset in the user's weight (None: unweighted, every
+    non-zero kernel weight is the constant 1).
+    """
+    shape = _path_shape(mode, mul1, mul2, mul_out)
+    user = (
+        torch.arange(math.prod(shape)).reshape(shape) + base
+        if base is not None
+        else torch.full(shape, one, dtype=torch.int64)
+    )
+    u = torch.arange(mul1)
+    if mode in ("uvw", "uvu"):
+        return user
+    if mode == "uuu":  # uvu kernel: w[u, v] = user[u] if u == v
+        idx = torch.full((mul1, mul2), zero, dtype=torch.int64)
+        idx[u, u] = user
+        return idx
+    idx = torch.full((mul1, mul2, mul_out), zero, dtype=torch.int64)
+    v = torch.arange(mul2)
+    if mode == "uvv":  # w[u, v, w] = user[u, v] if v == w
+        idx[:, v, v] = user
+    elif mode == "uuw":  # w[u, v, w] = user[u, w] if u == v
+        idx[u, u, :] = user
+    else:  # uvuv: w[u, v, w] = user[u, v] if w == u * mul2 + v
+        uu, vv = torch.meshgrid(u, v, indexing="ij")
+        idx[uu, vv, uu * mul2 + vv] = user
+    return idx
 
 
 class TPPlan:
@@ -128,7 +175,7 @@ class TPPlan:
             )
         if mode == "uvw" and not has_weight:
             raise ValueError(f"instruction {k} {ins!r}: mode 'uvw' needs has_weight=True (as in e3nn)")
-        (mul1, ir1), (_mul2, ir2), (mul_out, ir_out) = (
+        (mul1, ir1), (_, ir2), (mul_out, ir_out) = (
             self.irreps_in1[i1],
             self.irreps_in2[i2],
             self.irreps_out[io],
@@ -137,9 +184,21 @@ class TPPlan:
             raise ValueError(f"instruction {k}: {ir1} x {ir2} -> {ir_out} breaks parity")
         if not abs(ir1.l - ir2.l) <= ir_out.l <= ir1.l + ir2.l:
             raise ValueError(f"instruction {k}: {ir1} x {ir2} -> {ir_out} breaks the triangle rule")
-        if mode == "uvu" and mul1 != mul_out:
+        mul2 = self.irreps_in2[i2].mul
+        need = {
+            "uvu": (mul1 == mul_out, "mul(in1)=mul(out)"),
+            "uvv": (mul2 == mul_out, "mul(in2)=mul(out)"),
+            "uuw": (
+                mul1 == mul2 and (has_weight or mul_out == 1),
+                "mul(in1)=mul(in2) (and mul(out)=1 unweighted)",
+            ),
+            "uuu": (mul1 == mul2 == mul_out, "mul(in1)=mul(in2)=mul(out)"),
+            "uvuv": (mul1 * mul2 == mul_out, "mul(in1)*mul(in2)=mul(out)"),
+        }
+        if mode in need and not need[mode][0]:
             raise ValueError(
-                f"instruction {k}: mode 'uvu' needs mul(in1)=mul(out), got {mul1}x{ir1} -> {mul_out}x{ir_out}"
+                f"instruction {k}: mode {mode!r} needs {need[mode][1]}, got "
+                f"{mul1}x{ir1} x {mul2}x{ir2} -> {mul_out}x{ir_out}"
             )
         return (i1, i2, io, mode, bool(has_weight), weight)
 
@@ -179,7 +238,7 @@ class TPPlan:
         s1, s2, so = self.irreps_in1.slices(), self.irreps_in2.slices(), self.irreps_out.slices()
         rows, idx, val, pw = [], [], [], []
         w_off = 0
-        for ins in self.instructions:
+        for ins, kernel_shape in zip(self.instructions, self._kernel_shapes, strict=True):
             (mul1, ir1), (mul2, ir2), (mul_out, ir3) = (
                 self.irreps_in1[ins.i_in1],
                 self.irreps_in2[ins.i_in2],
@@ -191,7 +250,7 @@ class TPPlan:
             val.append(v)
             rows.append(
                 [
-                    MODE_CODE[ins.mode],
+                    MODE_CODE[KERNEL_MODE[ins.mode]],
                     ir1.l,
                     ir2.l,
                     ir3.l,
@@ -201,17 +260,63 @@ class TPPlan:
                     s1[ins.i_in1].start,
                     s2[ins.i_in2].start,
                     so[ins.i_out].start,
-                    w_off if ins.has_weight else -1,
+                    w_off if kernel_shape else -1,
                     start,
                     start + len(v),
                 ]
             )
             pw.append(ins.path_weight)
-            w_off += math.prod(ins.path_shape) if ins.has_weight else 0
+            w_off += math.prod(kernel_shape) if kernel_shape else 0
         paths = torch.tensor(rows, dtype=torch.int64).reshape(-1, NUM_PATH_FIELDS)
         cg_index = torch.cat(idx) if idx else torch.zeros(0, 3, dtype=torch.int64)
         cg_value = torch.cat(val) if val else torch.zeros(0, dtype=torch.float64)
         return paths, cg_index, cg_value, torch.tensor(pw, dtype=torch.float64)
+
+    @functools.cached_property
+    def _kernel_shapes(self) -> list[tuple[int, ...]]:
+        # A path's block of the kernels' weight: () when the kernel reads no weight (an
+        # unweighted uvu path); paths of the other modes always read one (their structure).
+        out = []
+        for ins in self.instructions:
+            mul1, mul2, mul_out = (
+                self.irreps_in1[ins.i_in1].mul,
+                self.irreps_in2[ins.i_in2].mul,
+                self.irreps_out[ins.i_out].mul,
+            )
+            kmode = KERNEL_MODE[ins.mode]
+            weighted = ins.has_weight or kmode != ins.mode
+            out.append(_path_shape(kmode, mul1, mul2, mul_out) if weighted else ())
+        return out
+
+    @functools.cached_property
+    def kernel_weight_numel(self) -> int:
+        """Length of the weight the kernels read (``weight_numel`` unless modes other than uvw/uvu are used)."""
+        return sum(math.prod(shape) for shape in self._kernel_shapes if shape)
+
+    @functools.cached_property
+    def kernel_weight_index(self) -> torch.Tensor | None:
+        """``[kernel_weight_numel]`` int64 into ``cat([weight, 1, 0], -1)``; None when it is the identity.
+
+        The kernels' weight is ``kernel_weights(weight, index)``: a gather, so it is
+        differentiable to every order and ``weight``'s gradient is the sum over the
+        kernel weights it feeds.
+        """
+        if all(KERNEL_MODE[ins.mode] == ins.mode for ins in self.instructions):
+            return None
+        one, zero = self.weight_numel, self.weight_numel + 1
+        parts, off = [], 0
+        for ins, kernel_shape in zip(self.instructions, self._kernel_shapes, strict=True):
+            if not kernel_shape:
+                continue
+            mul1, mul2, mul_out = (
+                self.irreps_in1[ins.i_in1].mul,
+                self.irreps_in2[ins.i_in2].mul,
+                self.irreps_out[ins.i_out].mul,
+            )
+            base = off if ins.has_weight else None
+            parts.append(_kernel_weight_index(ins.mode, mul1, mul2, mul_out, base, one, zero).reshape(-1))
+            off += math.prod(ins.path_shape) if ins.has_weight else 0
+        return torch.cat(parts)
 
     def weight_views(self, weight: torch.Tensor) -> list[torch.Tensor | None]:
         """Per instruction, its block of ``weight [..., weight_numel]`` shaped ``[..., *path_shape]``."""
@@ -292,3 +397,12 @@ def channelwise_instructions(
                     blocks.append((mul1, ir_out))
     irreps, permutation, _ = o3.Irreps(blocks).sort()
     return irreps, [(i1, i2, permutation[io], mode, w) for i1, i2, io, mode, w in raw]
+
+
+def kernel_weights(weight: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """The kernels' weight ``[..., kernel_weight_numel]`` from the user's ``[..., weight_numel]``."""
+    if index is None:
+        return weight
+    lead = weight.shape[:-1]
+    constants = torch.tensor([1.0, 0.0], dtype=weight.dtype, device=weight.device).expand(*lead, 2)
+    return torch.cat([weight, constants], dim=-1)[..., index]

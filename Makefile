@@ -22,7 +22,7 @@ $(STAMP): $(BIN)/python pyproject.toml setup.py $(NATIVE)
 install: $(STAMP)
 
 demo: install
-	$(BIN)/geo3d generate -n 100 --sampler fast --steps 100 -o molecules.sdf
+	$(BIN)/geo3d generate -n 100 --steps 50 -o molecules.sdf
 
 lint: install
 	$(BIN)/ruff check .

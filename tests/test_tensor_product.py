@@ -158,6 +158,26 @@ def test_other_modes_without_weights_and_in_the_conv():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
+def test_half_precision_runs_in_float32(backend, low):
+    """float16/bfloat16 in, same dtype out, computed in float32: equal to the float32 result rounded."""
+    i1, i2, out, ins = random_problem(1, lmax=2, max_mul=8)
+    tp = TensorProduct(i1, i2, out, ins, shared_weights=False, backend=backend)
+    conv = TensorProductConv(i1, i2, out, ins, shared_weights=False, backend=backend)
+    x1, x2 = torch.randn(6, i1.dim).to(low), torch.randn(6, i2.dim).to(low)
+    w = torch.randn(6, tp.weight_numel).to(low).requires_grad_()
+    y = tp(x1, x2, w)
+    assert y.dtype == low
+    assert torch.equal(y, tp(x1.float(), x2.float(), w.float()).to(low))
+    (gw,) = torch.autograd.grad(y.float().square().sum(), w)
+    assert gw.dtype == low and torch.isfinite(gw).all()
+    edge_index = torch.tensor([[0, 1, 2, 3, 4, 5], [1, 1, 0, 4, 4, 3]])
+    y = conv(x1, x2, w, edge_index)
+    assert y.dtype == low
+    assert torch.equal(y, conv(x1.float(), x2.float(), w.float(), edge_index).to(low))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_matches_e3nn_float32_and_l4(backend):
     i1, i2, out = o3.Irreps("4x0e+3x2e+2x4e"), o3.Irreps("0e+1o+4e"), o3.Irreps("3x0e+2x4e+2x3o")
     ins = [

@@ -115,6 +115,14 @@ class _TensorProductBase(nn.Module):
             raise ValueError(f"weight has shape {tuple(weight.shape)}, expected {expected}")
         return weight
 
+    @staticmethod
+    def _upcast(*tensors: Tensor | None) -> tuple[torch.dtype | None, list[Tensor | None]]:
+        """float16/bfloat16 operands run (and accumulate) in float32; returns the dtype to cast back to."""
+        low = [t.dtype for t in tensors if t is not None and t.dtype in (torch.float16, torch.bfloat16)]
+        if not low:
+            return None, list(tensors)
+        return low[0], [t.float() if t is not None and t.is_floating_point() else t for t in tensors]
+
     def _check(self, name: str, t: Tensor, dim: int, irreps: o3.Irreps) -> None:
         if t.shape[-1] != dim:
             raise ValueError(f"{name} has {t.shape[-1]} features per row, {irreps} needs {dim}")
@@ -138,6 +146,9 @@ class TensorProduct(_TensorProductBase):
     ``internal_weights``, normalisations, variances), plus ``backend``
     (``"reference"``/``"cpu"``/``"cuda"``; default: the fastest available).
 
+    float16/bfloat16 inputs are computed and accumulated in float32; the output has the
+    input's dtype.
+
     Shapes: x1 ``[..., irreps_in1.dim]``, x2 ``[..., irreps_in2.dim]`` (same leading
     shape), weight ``[weight_numel]`` (shared) or ``[..., weight_numel]``;
     returns ``[..., irreps_out.dim]``.
@@ -151,14 +162,17 @@ class TensorProduct(_TensorProductBase):
                 f"x1 and x2 need the same leading shape, got {tuple(x1.shape)} and {tuple(x2.shape)}"
             )
         lead = x1.shape[:-1]
+        low, (x1, x2, weight) = self._upcast(x1, x2, weight)
         a, b = x1.reshape(-1, self.dim_in1), x2.reshape(-1, self.dim_in2)
         if weight is not None and not self.shared_weights:
             weight = weight.reshape(-1, weight.shape[-1])
         w = self._weights(weight, a.shape[0], a, "batch")
+        w = w if low is None else w.float()  # internal weights of a module moved to bfloat16
         out = tensor_product(
             a, b, w, self.paths, self.cg_index, self.cg_value, self.path_weight, self.dim_out, self.backend
         )
-        return out.reshape(*lead, self.dim_out)
+        out = out.reshape(*lead, self.dim_out)
+        return out if low is None else out.to(low)
 
 
 class TensorProductConv(_TensorProductBase):
@@ -182,8 +196,10 @@ class TensorProductConv(_TensorProductBase):
             raise ValueError(
                 f"x must be [N, dim] and sh [E, dim], got {tuple(x.shape)} and {tuple(sh.shape)}"
             )
+        low, (x, sh, weight) = self._upcast(x, sh, weight)
         w = self._weights(weight, sh.shape[0], x, "E")
-        return tensor_product_conv(
+        w = w if low is None else w.float()
+        out = tensor_product_conv(
             x,
             sh,
             w,
@@ -195,6 +211,7 @@ class TensorProductConv(_TensorProductBase):
             self.dim_out,
             self.backend,
         )
+        return out if low is None else out.to(low)
 
 
 class FullyConnectedTensorProduct(TensorProduct):

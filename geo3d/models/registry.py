@@ -102,6 +102,13 @@ SHIPPED: dict[str, ShippedModel] = {
         "pointcloud-classification",
         "PaRot (patch-wise rotation-invariant network) on the procedural Shapes set (configs/parot_shapes.yaml)",
     ),
+    "parot-shapes-seg": ShippedModel(
+        "parot-shapes-seg",
+        "parot-shapes-seg.pt",
+        "pointcloud-segmentation",
+        "PaRot part segmentation (pose-aware propagation) on the procedural Shapes set "
+        "(configs/parot_shapes_seg.yaml)",
+    ),
     "votenet-rooms": ShippedModel(
         "votenet-rooms",
         "votenet-rooms.pt",

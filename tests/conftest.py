@@ -19,3 +19,12 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_data_cache(tmp_path_factory):
+    """Data sets the tests build are cached in a temporary folder, never in the user's ~/.cache/geo3d."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("GEO3D_CACHE", str(tmp_path_factory.mktemp("geo3d-cache")))
+    yield
+    patch.undo()

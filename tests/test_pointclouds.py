@@ -295,3 +295,11 @@ def test_validation_does_not_move_the_training_rng():
     before = torch.get_rng_state()
     metrics = _evaluate(Sampling(), model, EMA(model, 0.9), None, rank=0)
     assert torch.equal(torch.get_rng_state(), before) and 0.0 <= metrics["draw"] < 1.0
+
+
+def test_data_sets_cache_under_geo3d_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GEO3D_CACHE", str(tmp_path))
+    first = Shapes("val", 1, 64)
+    (path,) = (tmp_path / "shapes").iterdir()
+    assert torch.equal(Shapes("val", 1, 64).data["pos"], first.data["pos"])  # loaded from that file
+    assert path.suffix == ".pt"

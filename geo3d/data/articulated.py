@@ -94,7 +94,7 @@ class Articulated(Shapes):
         seed: base seed; with the other arguments it names the cache file.
         max_angle: the largest joint angle, radians (default pi/4).
         transform: applied to each ``Data`` on access.
-        cache_dir: default ``~/.cache/geo3d/articulated``; ``""`` disables caching.
+        cache_dir: default ``$GEO3D_CACHE/articulated`` or ``~/.cache/geo3d/articulated``; ``""`` disables caching.
 
     Items have the fields of ``Shapes``: ``pos [P, 3]``, ``normal [P, 3]`` float32,
     ``y [1]`` (class), ``part [P]`` (global part id, ``geo3d.data.shapes.PARTS``);

@@ -74,6 +74,7 @@ from rdkit.Chem import rdDetermineBonds
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
+from geo3d.data.build_cache import cache_root
 from geo3d.data.molecules import (
     ATOM_INDEX,
     ATOM_VOCAB,
@@ -111,8 +112,7 @@ class QM9FormatError(ValueError):
 
 def default_cache_dir() -> Path:
     """``$GEO3D_CACHE/qm9`` if set, else ``~/.cache/geo3d/qm9``."""
-    base = os.environ.get("GEO3D_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "geo3d") / "qm9"
+    return cache_root() / "qm9"
 
 
 def find_qm9_dir(root: str | os.PathLike | None = None) -> Path:

@@ -23,7 +23,7 @@ box up to ``3 * noise`` (and under occlusion may cover only part of it).
 
 Each scene's layout is drawn from its own seed ``(seed, split, index)``, so the
 same index gives the same room whatever ``num_points``, ``occlusion`` or
-``walls``; a built split is cached (``~/.cache/geo3d/rooms``) like ``Shapes``.
+``walls``; a built split is cached (``$GEO3D_CACHE/rooms``, default ``~/.cache/geo3d/rooms``) like ``Shapes``.
 """
 
 from __future__ import annotations
@@ -454,7 +454,7 @@ class Rooms(Dataset):
             default: walls take most of an area-weighted budget away from the objects.
         noise: Gaussian noise in metres (truncated at 3 sigma); 0 gives exact surfaces.
         transform: applied to each ``Data`` on access.
-        cache_dir: default ``~/.cache/geo3d/rooms``; ``""`` disables caching.
+        cache_dir: default ``$GEO3D_CACHE/rooms`` or ``~/.cache/geo3d/rooms``; ``""`` disables caching.
 
     Each item is a ``Data`` with N = ``num_points`` points and M objects:
     ``pos [N, 3]`` and ``normal [N, 3]`` float32 (metres, z up, floor at z = 0);

@@ -6,7 +6,7 @@ with face normals; each point carries the id of the primitive group it came
 from (its part). Part ids are global and grouped per class, as in
 ShapeNetPart (``PARTS[name]`` lists a class's part ids). Deterministic from the
 seed: instance ``k`` of a split always looks the same, and the whole split is
-cached after the first build (``~/.cache/geo3d/shapes``).
+cached after the first build (``$GEO3D_CACHE/shapes``, default ``~/.cache/geo3d/shapes``).
 
 Classes are chosen so that simple statistics do not separate them: several
 share primitives and proportions (mug/bottle/cylinder, lamp/mushroom,
@@ -618,7 +618,7 @@ class Shapes(Dataset):
         num_points: points per shape.
         seed: base seed; (seed, split, per_class, num_points) identify the cache file.
         transform: applied to each ``Data`` on access (e.g. a random rotation).
-        cache_dir: default ``~/.cache/geo3d/shapes``; None-like ``""`` disables caching.
+        cache_dir: default ``$GEO3D_CACHE/shapes`` or ``~/.cache/geo3d/shapes``; ``""`` disables caching.
         difficulty: ``"standard"`` (the shipped models' data) or ``"hard"`` (module docstring);
             part of the cache key (``"standard"`` keeps the key it always had).
     """

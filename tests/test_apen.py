@@ -316,3 +316,24 @@ def test_seeds_for_a_detection_head():
     assert torch.allclose(a["seed_vote"] @ rot.float().T, b["seed_vote"], atol=1e-4)
     with pytest.raises(ValueError, match="seeds"):
         model.seeds(data(pos[:10]), 16)
+
+
+def test_parts_without_a_frame_stay_invariant():
+    """A part of two points (or with a symmetric spread) has no unique PCA frame: it is flagged and
+    computed from scalars only, so a rigid motion of the whole cloud still leaves the logits alone."""
+    from geo3d.nn.frame_averaging import frame_is_unique
+
+    gen = torch.Generator().manual_seed(8)
+    pos, part, _ = scene(gen, num_objects=2, n=40)
+    pos = torch.cat([pos, torch.tensor([[9.0, 0.0, 0.0], [9.5, 0.3, 0.1]], dtype=torch.float64)])
+    part = torch.cat([part, torch.tensor([2, 2])])
+    _, _, evals = part_frames(pos, part, 3, "SE3")
+    assert frame_is_unique(evals).tolist() == [True, True, False]
+    rot, t = rotation(gen), torch.tensor([1.0, 2.0, -0.5], dtype=torch.float64)
+    model = APEN({**SMALL, "sampling": "never"}).double().eval()
+    with torch.no_grad():
+        a = model(data(pos, dtype=torch.float64), partition=part)
+        b = model(data(pos @ rot.T + t, dtype=torch.float64), partition=part)
+    assert (a["seg_logits"] - b["seg_logits"]).abs().max() < 1e-10
+    assert (a["vote"] @ rot.T + t - b["vote"]).abs().max() < 1e-10
+    assert torch.equal(a["vote"][-2:], pos[-2:])  # no frame, no vote displacement

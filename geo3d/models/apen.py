@@ -102,7 +102,7 @@ import torch
 from torch import Tensor, nn
 
 from geo3d.models.registry import register_architecture
-from geo3d.nn.frame_averaging import GROUPS, FramePointNet, part_frames
+from geo3d.nn.frame_averaging import GROUPS, FramePointNet, frame_is_unique, part_frames
 from geo3d.ops.point_ops import knn_graph
 from geo3d.ops.scatter import scatter
 
@@ -525,7 +525,7 @@ class APEN(nn.Module):
         prev: tuple[Tensor, Tensor] | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One network over the partition: geometry + previous features pooled per part -> outputs."""
-        centre, frames, _ = part_frames(pos, part, num_parts, self.group)
+        centre, frames, evals = part_frames(pos, part, num_parts, self.group)
         nbr = knn_in_parts(pos, part, num_parts, self.knn)
         vectors = [pos[nbr] - centre[part][:, None, :]]  # [N, k, 3]
         if normal is not None:
@@ -536,7 +536,7 @@ class APEN(nn.Module):
             n = len(pos)
             vectors.append(scatter(vec.reshape(n, -1), part, 0, num_parts, "mean")[part].reshape(n, -1, 3))
             scalars = scatter(inv, part, 0, num_parts, "mean")[part]
-        return net(torch.cat(vectors, dim=1), scalars, part, frames)
+        return net(torch.cat(vectors, dim=1), scalars, part, frames, unique=frame_is_unique(evals))
 
     def forward(
         self, data: Any, partition: Tensor | None = None, generator: torch.Generator | None = None

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,6 +22,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from timing import timed  # noqa: E402
 
 from geo3d.graph.fully_connected import fully_connected_edges  # noqa: E402
 from geo3d.nn.eqgat import VectorMessages  # noqa: E402
@@ -35,16 +35,6 @@ def plain(r_hat, c0, c1, wv, edge_index, n):
     j, i = edge_index
     msg = r_hat.unsqueeze(-1) * c0.unsqueeze(1) + c1.unsqueeze(1) * wv[j]
     return scatter(msg, i, 0, n, "mean")
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:

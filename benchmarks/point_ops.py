@@ -17,10 +17,8 @@ import argparse
 import datetime
 import json
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,19 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from timing import timed  # noqa: E402
+
 from geo3d.ops.point_ops import fps, knn_graph  # noqa: E402
 
 K = 16
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def knn_cdist_topk(pos: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:

@@ -109,6 +109,13 @@ SHIPPED: dict[str, ShippedModel] = {
         "PaRot part segmentation (pose-aware propagation) on the procedural Shapes set "
         "(configs/parot_shapes_seg.yaml)",
     ),
+    "apen-rooms-seg": ShippedModel(
+        "apen-rooms-seg",
+        "apen-rooms-seg.pt",
+        "scene-segmentation",
+        "APEN (piecewise-equivariant) semantic segmentation of procedural Rooms scenes, 2,048 points "
+        "(configs/apen_rooms_seg.yaml, 20 epochs)",
+    ),
     "votenet-rooms": ShippedModel(
         "votenet-rooms",
         "votenet-rooms.pt",

@@ -222,3 +222,42 @@ def test_fps_seed_subsample():
     assert out["seed_index"].shape == (1, 48) and out["vote_pos"].shape == (1, 48, 3)
     assert torch.equal(out["vote_pos"][0], out["vote"][out["seed_index"][0]])
     assert out["center"].shape == (1, 16, 3) and len(model.decode(out)) == 1
+
+
+def test_a_segmentation_apen_seeds_the_detector_backbone(tmp_path):
+    from geo3d.checkpoint import CheckpointError, load_checkpoint
+    from geo3d.train.trainer import train
+
+    data = [
+        "data.num_scenes=2",
+        "data.val_scenes=1",
+        "data.num_points=512",
+        f"data.cache_dir={tmp_path / 'c'}",
+    ]
+    steps = ["train.max_steps=1", "train.batch_size=2", "train.eval_on_stop=false"]
+    seg_cfg = load_config(
+        ROOT / "configs/apen_rooms_seg.yaml", [*data, *steps, f"train.out_dir={tmp_path / 's'}"]
+    )
+    seg = load_checkpoint(train(make_task(seg_cfg), seg_cfg))
+
+    warm = [*data, *steps, f"train.out_dir={tmp_path / 'd'}", f"train.init_from={tmp_path / 's' / 'last.pt'}"]
+    cfg = load_config(CONFIG, warm)
+    train(make_task(cfg), cfg)
+    det = load_checkpoint(tmp_path / "d" / "last.pt")["extra"]["train_state"]["model"]
+    moved = [
+        (det[f"backbone.{k}"] - v).abs().max().item()
+        for k, v in seg["state_dict"].items()
+        if v.is_floating_point()
+    ]
+    assert 0 < max(moved) < 0.1  # one small step from the segmentation weights, not a fresh init
+    assert any(k.startswith("head.") for k in det)
+
+    # A backbone of other widths, or a checkpoint of an architecture the detector cannot take: clear errors.
+    cfg = load_config(
+        CONFIG, [*warm, "model.backbone.point_widths=[16,48,64]", f"train.out_dir={tmp_path / 'e'}"]
+    )
+    with pytest.raises(CheckpointError, match=r"train\.init_from.*'backbone' in \['point_widths'\]"):
+        train(make_task(cfg), cfg)
+    cfg = load_config(CONFIG, [*warm, "train.init_from=cu-emt", f"train.out_dir={tmp_path / 'f'}"])
+    with pytest.raises(CheckpointError, match=r"holds a 'potential' model.*\['apen', 'apen_detector'\]"):
+        train(make_task(cfg), cfg)

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -347,6 +347,9 @@ class APENDetector(nn.Module):
         with ``num_seeds: null`` every scene needs the same number of points.
         output: see :meth:`forward`.
     """
+
+    # A trained segmentation APEN (e.g. ``apen-rooms-seg``) can seed the backbone (train.init_from).
+    warm_start_parts: ClassVar[dict[str, str]] = {"apen": "backbone"}
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()

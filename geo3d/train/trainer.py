@@ -73,6 +73,35 @@ def _init_distributed(device: torch.device) -> None:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
 
+def _warm_start(model: nn.Module, arch: str, init: dict[str, Any], where: str) -> None:
+    """Load ``init`` (a checkpoint's contents) into ``model`` or into the part that takes its arch.
+
+    A model class may declare ``warm_start_parts = {arch: attribute}``: a checkpoint of that
+    architecture seeds that sub-module (e.g. a segmentation APEN seeding the backbone of a
+    detector); its config must match the part's, key by key.
+    """
+    target = model
+    if init["arch"] != arch:
+        parts = getattr(type(model), "warm_start_parts", {})
+        if init["arch"] not in parts:
+            raise CheckpointError(
+                f"{where}: holds a {init['arch']!r} model, this config trains {arch!r}, which takes the "
+                f"weights of {sorted({arch, *parts})} only"
+            )
+        target = getattr(model, parts[init["arch"]])
+        ours, theirs = target.config, type(target)(init["config"]).config
+        differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        if differ:
+            raise CheckpointError(
+                f"{where}: its {init['arch']!r} config differs from this model's "
+                f"{parts[init['arch']]!r} in {differ}"
+            )
+    try:
+        target.load_state_dict(init["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{where}: weights do not fit: {exc}") from exc
+
+
 def train(
     task: Task,
     cfg: ExperimentConfig,
@@ -105,19 +134,14 @@ def train(
     elif tc.init_from is not None:
         init_path = resolve_model(tc.init_from)
         init = load_checkpoint(init_path)
-        if init["arch"] != task.arch:
-            raise CheckpointError(
-                f"{init_path} (train.init_from): holds a {init['arch']!r} model, this config trains {task.arch!r}"
-            )
-        model_config = init["config"]
+        # Same architecture: the checkpoint's config and all its weights. Another one: this
+        # config's model, one of whose parts (``warm_start_parts``) takes the checkpoint whole.
+        model_config = init["config"] if init["arch"] == task.arch else task.model_config(train_set)
     else:
         model_config = task.model_config(train_set)
     model = task.build_model(model_config).to(dev)
     if state is None and tc.init_from is not None:
-        try:
-            model.load_state_dict(init["state_dict"], strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{init_path} (train.init_from): weights do not fit: {exc}") from exc
+        _warm_start(model, task.arch, init, f"{init_path} (train.init_from)")
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, amsgrad=cfg.optim.amsgrad
     )

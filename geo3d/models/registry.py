@@ -116,6 +116,13 @@ SHIPPED: dict[str, ShippedModel] = {
         "APEN (piecewise-equivariant) semantic segmentation of procedural Rooms scenes, 2,048 points "
         "(configs/apen_rooms_seg.yaml, 20 epochs)",
     ),
+    "apen-rooms": ShippedModel(
+        "apen-rooms",
+        "apen-rooms.pt",
+        "3d-detection",
+        "APEN features with segmentation and frame-relative detection heads on procedural Rooms scenes, "
+        "4,096 points (configs/apen_rooms.yaml, backbone from apen-rooms-seg, 1,000 steps)",
+    ),
     "votenet-rooms": ShippedModel(
         "votenet-rooms",
         "votenet-rooms.pt",

@@ -69,7 +69,7 @@ SHIPPED: dict[str, ShippedModel] = {
         "eqgat-qm9",
         "eqgat-qm9.pt",
         "molecule-generation",
-        "EQGAT-diff on QM9 with explicit H; 11 CPU epochs, 16,808 steps of 64 molecules (configs/eqgat_diff_qm9_cpu.yaml)",
+        "EQGAT-diff on QM9 with explicit H; 12 CPU epochs, 18,336 steps of 64 molecules (configs/eqgat_diff_qm9_cpu.yaml)",
     ),
     "cu-emt": ShippedModel(
         "cu-emt",

@@ -1,6 +1,8 @@
-"""Shared test utilities: random cells, backend lists, procedural shapes moved rigidly."""
+"""Shared test utilities: random cells, backend lists, procedural shapes moved rigidly, scans and boxes."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,3 +60,24 @@ def moved_batch_and_order(shapes: list, seed: int, rotate: bool = True) -> tuple
         order.append(perm + offset)
         offset += len(s.pos)
     return Batch.from_data_list(out), torch.cat(order)
+
+
+def write_ply(path: Path, pos: torch.Tensor) -> Path:
+    """An ASCII PLY scan of ``pos [N, 3]`` (x, y, z only), as a user's own file would be."""
+    lines = [f"{x:.5f} {y:.5f} {z:.5f}" for x, y, z in pos.tolist()]
+    header = ["ply", "format ascii 1.0", f"element vertex {len(pos)}"]
+    header += [f"property float {c}" for c in "xyz"] + ["end_header"]
+    path.write_text("\n".join(header + lines) + "\n")
+    return path
+
+
+def fraction_found(scene, boxes: list[dict], iou_threshold: float = 0.25) -> float:
+    """Share of a Rooms scene's objects matched by a ``geo3d detect`` box of their class above the IoU."""
+    from geo3d.data.rooms import CLASS_NAMES
+    from geo3d.metrics.detection import box3d_iou_matrix
+
+    pred = torch.tensor([[*b["centre"], *b["size"], b["yaw"]] for b in boxes], dtype=torch.float64)
+    label = torch.tensor([CLASS_NAMES.index(b["class"]) for b in boxes])
+    iou = box3d_iou_matrix(scene.boxes.double(), pred)  # [M, K]
+    same_class = scene.box_class[:, None] == label[None, :]
+    return float(((iou > iou_threshold) & same_class).any(1).float().mean())

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import fraction_found, write_ply
 from torch_geometric.data import Batch
 from typer.testing import CliRunner
 
@@ -102,11 +103,7 @@ def test_train_three_steps_then_evaluate_every_protocol(tmp_path):
             assert 0.0 <= m[key] <= 1.0, (key, m)
         assert all(math.isfinite(v) for v in m.values())
     # geo3d detect on a scan file: boxes JSON (with the segmentation head's point classes inside)
-    scan = make_scene(0, "test", 0, num_points=600).pos
-    ply = tmp_path / "scan.ply"
-    header = ["ply", "format ascii 1.0", f"element vertex {len(scan)}"]
-    header += [f"property float {c}" for c in "xyz"] + ["end_header"]
-    ply.write_text("\n".join(header + [" ".join(f"{v:.5f}" for v in p) for p in scan.tolist()]) + "\n")
+    ply = write_ply(tmp_path / "scan.ply", make_scene(0, "test", 0, num_points=600).pos)
     out = tmp_path / "boxes.json"
     args = ["detect", str(ply), "--model", str(last), "-o", str(out), "--score-threshold", "0"]
     result = runner.invoke(app, args)
@@ -267,8 +264,6 @@ def test_shipped_apen_rooms_segments_detects_and_keeps_its_score_under_per_objec
     """`apen-rooms` on 8 test scenes, and `geo3d detect` with it on a PLY scan (measured on 100 scenes:
     mAP@0.25 0.576 canonical, 0.550 per object; mIoU 0.495 and 0.490)."""
     import geo3d
-    from geo3d.data.rooms import CLASS_NAMES
-    from geo3d.metrics.detection import box3d_iou_matrix
     from geo3d.train.scene_eval import evaluate_protocols
 
     model = geo3d.load_model("apen-rooms")
@@ -279,16 +274,8 @@ def test_shipped_apen_rooms_segments_detects_and_keeps_its_score_under_per_objec
     assert abs(got["scene_z"]["map@0.25"] - got["canonical"]["map@0.25"]) < 0.01, got  # exact up to round-off
 
     scene = make_scene(0, "test", 3, num_points=4096)
-    ply = tmp_path / "room.ply"
-    header = ["ply", "format ascii 1.0", f"element vertex {len(scene.pos)}"]
-    header += [f"property float {c}" for c in "xyz"] + ["end_header"]
-    ply.write_text("\n".join(header + [" ".join(f"{v:.5f}" for v in p) for p in scene.pos.tolist()]) + "\n")
-    out = tmp_path / "boxes.json"
+    ply, out = write_ply(tmp_path / "room.ply", scene.pos), tmp_path / "boxes.json"
     result = runner.invoke(app, ["detect", str(ply), "--model", "apen-rooms", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    boxes = json.loads(out.read_text())["boxes"]
-    pred = torch.tensor([[*b["centre"], *b["size"], b["yaw"]] for b in boxes], dtype=torch.float64)
-    label = torch.tensor([CLASS_NAMES.index(b["class"]) for b in boxes])
-    iou = box3d_iou_matrix(scene.boxes.double(), pred)
-    found = ((iou > 0.25) & (scene.box_class[:, None] == label[None, :])).any(1).float().mean()
+    found = fraction_found(scene, json.loads(out.read_text())["boxes"])
     assert found >= 0.4, f"only {found:.0%} of {len(scene.boxes)} objects found"

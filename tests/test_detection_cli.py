@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import fraction_found, write_ply
 from torch import nn
 from typer.testing import CliRunner
 
@@ -27,14 +28,6 @@ from geo3d.train.scene_eval import (
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/detect_rooms_votenet.yaml"
 runner = CliRunner()
-
-
-def _write_ply(path: Path, pos: torch.Tensor) -> Path:
-    lines = [f"{x:.5f} {y:.5f} {z:.5f}" for x, y, z in pos.tolist()]
-    header = ["ply", "format ascii 1.0", f"element vertex {len(pos)}"]
-    header += [f"property float {c}" for c in "xyz"] + ["end_header"]
-    path.write_text("\n".join(header + lines) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +79,7 @@ def test_train_then_evaluate_every_protocol(checkpoint):
 
 
 def test_detect_writes_boxes_and_plot(checkpoint, tmp_path):
-    scan = _write_ply(tmp_path / "room.ply", make_scene(0, "test", 1, num_points=3000).pos)
+    scan = write_ply(tmp_path / "room.ply", make_scene(0, "test", 1, num_points=3000).pos)
     out, png = tmp_path / "boxes.json", tmp_path / "room.png"
     args = ["detect", str(scan), "--model", str(checkpoint), "-o", str(out), "--score-threshold", "0"]
     result = runner.invoke(app, [*args, "--plot", str(png)])
@@ -195,16 +188,9 @@ def test_plot_without_matplotlib_says_how_to_install(monkeypatch, tmp_path):
 
 def test_shipped_votenet_finds_the_furniture_of_a_test_scene(tmp_path):
     """`geo3d detect SCAN --model votenet-rooms` on a fresh install: most objects found at IoU > 0.25."""
-    from geo3d.metrics.detection import box3d_iou_matrix
-
     scene = make_scene(0, "test", 3, num_points=8192)
-    scan, out = _write_ply(tmp_path / "room.ply", scene.pos), tmp_path / "boxes.json"
+    scan, out = write_ply(tmp_path / "room.ply", scene.pos), tmp_path / "boxes.json"
     result = runner.invoke(app, ["detect", str(scan), "--model", "votenet-rooms", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    boxes = json.loads(out.read_text())["boxes"]
-    pred = torch.tensor([[*b["centre"], *b["size"], b["yaw"]] for b in boxes], dtype=torch.float64)
-    label = torch.tensor([CLASS_NAMES.index(b["class"]) for b in boxes])
-    iou = box3d_iou_matrix(scene.boxes.double(), pred)  # [M, K]
-    same_class = scene.box_class[:, None] == label[None, :]
-    found = ((iou > 0.25) & same_class).any(1).float().mean()
+    found = fraction_found(scene, json.loads(out.read_text())["boxes"])
     assert found >= 0.5, f"only {found:.0%} of {len(scene.boxes)} objects found"

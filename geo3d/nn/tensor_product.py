@@ -164,8 +164,8 @@ class TensorProduct(_TensorProductBase):
         lead = x1.shape[:-1]
         low, (x1, x2, weight) = self._upcast(x1, x2, weight)
         a, b = x1.reshape(-1, self.dim_in1), x2.reshape(-1, self.dim_in2)
-        if weight is not None and not self.shared_weights:
-            weight = weight.reshape(-1, weight.shape[-1])
+        if weight is not None and not self.shared_weights and weight.shape[:-1] == lead:
+            weight = weight.reshape(a.shape[0], weight.shape[-1])  # (not -1: weight_numel may be 0)
         w = self._weights(weight, a.shape[0], a, "batch")
         w = w if low is None else w.float()  # internal weights of a module moved to bfloat16
         out = tensor_product(

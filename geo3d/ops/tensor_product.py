@@ -12,7 +12,9 @@ the backward of ``F`` is one call of ``B``; the backward of ``B`` (double
 backward, used when training on forces) is three calls of ``F`` and three of
 ``B`` with one input swapped for its incoming gradient; ``B`` is itself
 differentiable, so every order is available. The same holds for the
-convolution, which is a sum of tensor products over edges.
+convolution, which is a sum of tensor products over edges. A path without
+weights is bilinear in ``(x1, x2)`` and constant in ``w``: the double-backward
+terms that differentiate ``dF/dw`` run with those paths' weights set to zero.
 """
 
 from __future__ import annotations
@@ -173,9 +175,20 @@ def _check_conv_inputs(x: Tensor, sh: Tensor, edge_index: Tensor) -> None:
         raise ValueError(f"edge_index holds nodes outside [0, {x.shape[0]}) (x has {x.shape[0]} rows)")
 
 
-def _double_backward(fwd, bwd, inputs, incoming):
-    """Backward of the backward op of a trilinear F(a, b, c) (see the module docstring).
+def _weighted_paths(tables: list[Tensor]) -> list[Tensor]:
+    """The plan tables with every unweighted path's path weight set to 0 (no data-dependent shapes)."""
+    paths, cg_index, cg_value, path_weight = tables
+    return [paths, cg_index, cg_value, path_weight * (paths[:, W_OFF] >= 0).to(path_weight.dtype)]
 
+
+def _double_backward(fwd, bwd, inputs, incoming, tables):
+    """Backward of the backward op of F(a, b, c) = sum of paths (see the module docstring).
+
+    ``fwd(a, b, c, tables)`` and ``bwd(a, b, c, tables)`` run the op and its
+    backward on the given plan tables. A weighted path is trilinear in (a, b, c);
+    an unweighted one is bilinear in (a, b) and constant in c (the kernels treat
+    its weights as ones), so it has no part in dF/dc and the terms that
+    differentiate dF/dc run on the weighted paths only.
     ``incoming`` are the gradients flowing into (dF/da, dF/db, dF/dc); ``None``
     where an output was not used (force training uses only dF/dx), and those
     terms are skipped: F and B run once per used output instead of three times.
@@ -189,16 +202,17 @@ def _double_backward(fwd, bwd, inputs, incoming):
 
     ga, gb, gc = incoming
     if ga is not None:
-        d_grad = add(d_grad, fwd(ga, b, c))
-        _, y_b, y_c = bwd(ga, b, c)
+        d_grad = add(d_grad, fwd(ga, b, c, tables))
+        _, y_b, y_c = bwd(ga, b, c, tables)
         db, dc = add(db, y_b), add(dc, y_c)
     if gb is not None:
-        d_grad = add(d_grad, fwd(a, gb, c))
-        y_a, _, y_c = bwd(a, gb, c)
+        d_grad = add(d_grad, fwd(a, gb, c, tables))
+        y_a, _, y_c = bwd(a, gb, c, tables)
         da, dc = add(da, y_a), add(dc, y_c)
     if gc is not None:
-        d_grad = add(d_grad, fwd(a, b, gc))
-        y_a, y_b, _ = bwd(a, b, gc)
+        weighted = _weighted_paths(tables)
+        d_grad = add(d_grad, fwd(a, b, gc, weighted))
+        y_a, y_b, _ = bwd(a, b, gc, weighted)
         da, db = add(da, y_a), add(db, y_b)
     return da, db, dc, d_grad
 
@@ -293,13 +307,13 @@ def _tpb_backward(ctx, ggx1, ggx2, ggw):
     x1, x2, w, g = ctx.saved_tensors
     t, b = ctx.tables, ctx.backend
 
-    def fwd(a, c, d):
-        return tensor_product(a, c, d, *t, g.shape[1], b)
+    def fwd(a, c, d, tables):
+        return tensor_product(a, c, d, *tables, g.shape[1], b)
 
-    def bwd(a, c, d):
-        return tensor_product_backward(a, c, d, g, *t, b)
+    def bwd(a, c, d, tables):
+        return tensor_product_backward(a, c, d, g, *tables, b)
 
-    dx1, dx2, dw, d_grad = _double_backward(fwd, bwd, (x1, x2, w), (ggx1, ggx2, ggw))
+    dx1, dx2, dw, d_grad = _double_backward(fwd, bwd, (x1, x2, w), (ggx1, ggx2, ggw), t)
     return dx1, dx2, dw, d_grad, None, None, None, None, None
 
 
@@ -387,13 +401,13 @@ def _convb_backward(ctx, ggx, ggsh, ggw):
     x, sh, w, ei, g = ctx.saved_tensors
     t, b = ctx.tables, ctx.backend
 
-    def fwd(a, c, d):
-        return tensor_product_conv(a, c, d, ei, *t, g.shape[1], b)
+    def fwd(a, c, d, tables):
+        return tensor_product_conv(a, c, d, ei, *tables, g.shape[1], b)
 
-    def bwd(a, c, d):
-        return tensor_product_conv_backward(a, c, d, ei, g, *t, b)
+    def bwd(a, c, d, tables):
+        return tensor_product_conv_backward(a, c, d, ei, g, *tables, b)
 
-    dx, dsh, dw, d_grad = _double_backward(fwd, bwd, (x, sh, w), (ggx, ggsh, ggw))
+    dx, dsh, dw, d_grad = _double_backward(fwd, bwd, (x, sh, w), (ggx, ggsh, ggw), t)
     return dx, dsh, dw, None, d_grad, None, None, None, None, None
 
 

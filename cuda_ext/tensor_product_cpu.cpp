@@ -15,6 +15,8 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #ifdef _OPENMP
@@ -46,6 +48,18 @@ void check_tensor(const at::Tensor& t, const char* op, const char* name, int64_t
 
 using tp_tables::check_size;
 using tp_tables::make_plan;
+
+// The plan with each uvu path of l1, l3 <= 3 on its compile-time unrolled kernel; the
+// environment variable GEO3D_TP_GENERIC=1 keeps every path on the generic loops (the
+// in-kernel reference the tests compare against, and the A/B of benchmarks).
+template <typename T>
+tp::Plan<T> cpu_plan(const char* op, const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
+                     const at::Tensor& path_weight, int64_t dim1, int64_t dim2, int64_t dim_out) {
+  tp::Plan<T> plan = make_plan<T>(op, paths, cg_index, cg_value, path_weight, dim1, dim2, dim_out);
+  const char* generic = std::getenv("GEO3D_TP_GENERIC");
+  tp::select_unrolled(plan, generic == nullptr || std::string(generic) == "0" || std::string(generic).empty());
+  return plan;
+}
 
 // The distinct irrep blocks of in1 and out that the paths touch.
 template <typename T>
@@ -158,7 +172,7 @@ at::Tensor tp_forward_cpu(const at::Tensor& x1_, const at::Tensor& x2_, const at
   auto out = at::zeros({Z, dim_out}, x1_.options());
   dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const auto plan = make_plan<T>(op, paths, cg_index, cg_value, path_weight, x1_.size(1), x2_.size(1), dim_out);
+    const auto plan = cpu_plan<T>(op, paths, cg_index, cg_value, path_weight, x1_.size(1), x2_.size(1), dim_out);
     const Weights wi = check_weights(op, w_, Z, plan.weight_numel, dtype, "batch");
     const auto x1 = x1_.contiguous(), x2 = x2_.contiguous(), w = w_.contiguous();
     std::vector<Block> b1, bo;
@@ -202,7 +216,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_backward_cpu(const at::Tensor&
   dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
     const int64_t dim_out = grad_.size(1);
-    const auto plan = make_plan<T>(op, paths, cg_index, cg_value, path_weight, x1_.size(1), x2_.size(1), dim_out);
+    const auto plan = cpu_plan<T>(op, paths, cg_index, cg_value, path_weight, x1_.size(1), x2_.size(1), dim_out);
     const Weights wi = check_weights(op, w_, Z, plan.weight_numel, dtype, "batch");
     const auto x1 = x1_.contiguous(), x2 = x2_.contiguous(), w = w_.contiguous(), g = grad_.contiguous();
     std::vector<Block> b1, bo;
@@ -248,7 +262,7 @@ at::Tensor tp_conv_forward_cpu(const at::Tensor& x_, const at::Tensor& sh_, cons
   auto out = at::zeros({N, dim_out}, x_.options());
   dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const auto plan = make_plan<T>(op, paths, cg_index, cg_value, path_weight, x_.size(1), sh_.size(1), dim_out);
+    const auto plan = cpu_plan<T>(op, paths, cg_index, cg_value, path_weight, x_.size(1), sh_.size(1), dim_out);
     const Weights wi = check_weights(op, w_, E, plan.weight_numel, dtype, "E");
     std::vector<Block> b1, bo;
     plan_blocks(plan, b1, bo);
@@ -298,7 +312,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_conv_backward_cpu(
   dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
     const int64_t dim_out = grad_.size(1);
-    const auto plan = make_plan<T>(op, paths, cg_index, cg_value, path_weight, x_.size(1), sh_.size(1), dim_out);
+    const auto plan = cpu_plan<T>(op, paths, cg_index, cg_value, path_weight, x_.size(1), sh_.size(1), dim_out);
     const Weights wi = check_weights(op, w_, E, plan.weight_numel, dtype, "E");
     std::vector<Block> b1, bo;
     plan_blocks(plan, b1, bo);

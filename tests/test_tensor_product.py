@@ -277,6 +277,37 @@ def test_double_backward_through_the_weight_gradient_with_unweighted_paths(backe
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("generic", ["0", "1"])
+def test_uvu_conv_every_l1_l3_unrolled_and_generic(backend, generic, monkeypatch):
+    """The CPU kernel's uvu paths of l1, l3 <= 3 run on compile-time unrolled loops; GEO3D_TP_GENERIC=1
+    keeps them on the generic ones. Both against e3nn: every (l1, l3) pair, weighted and unweighted
+    paths, two channels in in2 (w[u, v] strided by mul2), through double backward."""
+    monkeypatch.setenv("GEO3D_TP_GENERIC", generic)
+    i1 = o3.Irreps("5x0e+5x1o+5x2e+5x3o")
+    i2 = o3.Irreps("2x0e+2x1o+2x2e+1x3o")
+    ins = [
+        (a, b, c, "uvu", (a + b + c) % 4 != 0, 1.0)
+        for a, (_, r1) in enumerate(i1)
+        for b, (_, r2) in enumerate(i2)
+        for c, (_, ro) in enumerate(i1)
+        if ro in r1 * r2
+    ]
+    assert {(i1[a].ir.l, i1[c].ir.l) for a, _, c, *_ in ins} == {(p, q) for p in range(4) for q in range(4)}
+    dtype = torch.float64
+    n, e = 6, 23
+    conv = TensorProductConv(i1, i2, i1, ins, shared_weights=False, internal_weights=False, backend=backend)
+    tp = e3nn_tp(i1, i2, i1, ins, False, dtype)
+    edge_index = torch.randint(0, n, (2, e))
+
+    def via_e3nn(x, sh, w):
+        return x.new_zeros(n, i1.dim).index_add(0, edge_index[1], tp(x[edge_index[0]], sh, w))
+
+    inputs = [torch.randn(n, i1.dim, dtype=dtype), torch.randn(e, i2.dim, dtype=dtype)]
+    inputs.append(torch.randn(e, conv.weight_numel, dtype=dtype))
+    compare_all_orders(lambda x, sh, w: conv(x, sh, w, edge_index), via_e3nn, inputs, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_conv_with_no_edges_and_order_independence(backend):
     conv = ChannelWiseTensorProductConv("4x0e+4x1o", "0e+1o", "4x0e+4x1o", backend=backend).double()
     x = torch.randn(5, conv.irreps_in1.dim, dtype=torch.float64, requires_grad=True)

@@ -45,20 +45,37 @@ struct Path {
 };
 
 template <typename T>
+struct Plan;
+template <typename T>
+struct Scratch;
+// Kernels of one path unrolled at compile time (uvu_forward / uvu_backward below).
+template <typename T>
+using UvuForward = void (*)(const Plan<T>&, const Path<T>&, const T*, const T*, const T*, T*, Scratch<T>&);
+template <typename T>
+using UvuBackward = void (*)(const Plan<T>&, const Path<T>&, const T*, const T*, const T*, const T*, T*, T*, T*,
+                             Scratch<T>&);
+
+template <typename T>
 struct Plan {
   std::vector<Path<T>> paths;
   std::vector<CG<T>> cg;
   int dim1 = 0, dim2 = 0, dim_out = 0;
   int64_t weight_numel = 0;
   int max_mul = 1, max_d13 = 1;
+  // Per path: its unrolled kernel, or null for the generic loops (select_unrolled; empty: all generic).
+  std::vector<UvuForward<T>> forward;
+  std::vector<UvuBackward<T>> backward;
 };
+
+// Largest irrep dimension (l = 3) of the paths unrolled at compile time (uvu_* below).
+constexpr int kMaxUnrolledD = 7;
 
 // Per-thread work space sized for a plan.
 template <typename T>
 struct Scratch {
-  std::vector<T> S, t, h, a;
+  std::vector<T> S, t, h, a, wv, hk;
   explicit Scratch(const Plan<T>& p)
-      : S(p.max_d13), t(p.max_mul), h(p.max_mul), a(p.max_d13) {}
+      : S(p.max_d13), t(p.max_mul), h(p.max_mul), a(p.max_d13), wv(p.max_mul), hk(kMaxUnrolledD * p.max_mul) {}
 };
 
 // S[i*d3 + k] = sum over the path's CG entries of c * x2v[j].
@@ -84,12 +101,174 @@ inline void contract_x1(const Path<T>& p, const T* S, int k, const T* x1t, T* t)
   }
 }
 
+// ---------------------------------------------------------------- uvu paths, unrolled
+// The channel-wise (uvu) paths of NequIP/MACE convolutions with l1, l3 <= 3, with d1 and d3
+// known at compile time: per v, one pass over the channels u computes every t_k[u] from the
+// d1 values x1[i][u] held in registers and applies the weight, instead of d3 passes of
+// contract_x1 through a t buffer. The loops over u vectorise (omp simd); the generic
+// row_forward/row_backward code stays the reference (GEO3D_TP_GENERIC=1 selects it).
+
+// wv[u] = pw * w[u, v] (or pw for a path without weights).
+template <typename T>
+inline void uvu_weights(const Path<T>& p, const T* w, int v, T* wv) {
+  if (p.woff >= 0) {
+    const T* src = w + p.woff + v;
+    for (int u = 0; u < p.mul1; ++u) wv[u] = p.pw * src[int64_t(u) * p.mul2];
+  } else {
+    for (int u = 0; u < p.mul1; ++u) wv[u] = p.pw;
+  }
+}
+
+template <typename T, int D1, int D3>
+void uvu_forward(const Plan<T>& plan, const Path<T>& p, const T* x1, const T* x2, const T* w, T* out,
+                 Scratch<T>& s) {
+  const int mul = p.mul1;
+  T* S = s.S.data();
+  T* wv = s.wv.data();
+  for (int v = 0; v < p.mul2; ++v) {
+    contract_cg(plan, p, x2 + p.off2 + v * p.d2, S);
+    uvu_weights(p, w, v, wv);
+    T Sr[D1 * D3];
+    for (int n = 0; n < D1 * D3; ++n) Sr[n] = S[n];
+#pragma omp simd
+    for (int u = 0; u < mul; ++u) {
+      T xi[D1];
+      for (int i = 0; i < D1; ++i) xi[i] = x1[i * mul + u];
+      for (int k = 0; k < D3; ++k) {
+        T t = T(0);
+        for (int i = 0; i < D1; ++i) t += Sr[i * D3 + k] * xi[i];
+        out[k * mul + u] += wv[u] * t;
+      }
+    }
+  }
+}
+
+template <typename T, int D1, int D3>
+void uvu_backward(const Plan<T>& plan, const Path<T>& p, const T* x1, const T* x2, const T* w, const T* g,
+                  T* gx1, T* gx2, T* gw, Scratch<T>& s) {
+  const int mul = p.mul1;
+  const bool need_gw = gw != nullptr && p.woff >= 0;
+  T* S = s.S.data();
+  T* wv = s.wv.data();
+  T* gwv = s.t.data();  // d <g, out> / d w[u, v] / pw
+  T* h = s.hk.data();   // h_k[u] = wv[u] g_k[u], [D3][mul]
+  for (int v = 0; v < p.mul2; ++v) {
+    contract_cg(plan, p, x2 + p.off2 + v * p.d2, S);
+    uvu_weights(p, w, v, wv);
+    T Sr[D1 * D3];
+    for (int n = 0; n < D1 * D3; ++n) Sr[n] = S[n];
+#pragma omp simd
+    for (int u = 0; u < mul; ++u) {
+      T xi[D1], gk[D3];
+      for (int i = 0; i < D1; ++i) xi[i] = x1[i * mul + u];
+      for (int k = 0; k < D3; ++k) gk[k] = g[k * mul + u];
+      T acc = T(0);
+      for (int k = 0; k < D3; ++k) {
+        T t = T(0);
+        for (int i = 0; i < D1; ++i) t += Sr[i * D3 + k] * xi[i];
+        acc += gk[k] * t;
+        h[k * mul + u] = wv[u] * gk[k];
+      }
+      gwv[u] = acc;
+      if (gx1 != nullptr) {
+        for (int i = 0; i < D1; ++i) {
+          T d = T(0);
+          for (int k = 0; k < D3; ++k) d += Sr[i * D3 + k] * wv[u] * gk[k];
+          gx1[i * mul + u] += d;
+        }
+      }
+    }
+    if (need_gw) {
+      T* dst = gw + p.woff + v;
+      for (int u = 0; u < mul; ++u) dst[int64_t(u) * p.mul2] += p.pw * gwv[u];
+    }
+    if (gx2 != nullptr) {
+      T* a = s.a.data();
+      for (int i = 0; i < D1; ++i)
+        for (int k = 0; k < D3; ++k) {
+          const T* xr = x1 + i * mul;
+          const T* hr = h + k * mul;
+          T dot = T(0);
+#pragma omp simd reduction(+ : dot)
+          for (int u = 0; u < mul; ++u) dot += xr[u] * hr[u];
+          a[i * D3 + k] = dot;
+        }
+      T* gv = gx2 + p.off2 + v * p.d2;
+      for (int n = p.cg_start; n < p.cg_end; ++n) {
+        const CG<T>& e = plan.cg[n];
+        gv[e.j] += e.c * a[e.i * D3 + e.k];
+      }
+    }
+  }
+}
+
+// The unrolled kernel of a path, or null (not uvu, or l1 or l3 above 3).
+template <typename T, int D1>
+inline UvuForward<T> uvu_forward_d3(int d3) {
+  switch (d3) {
+    case 1: return uvu_forward<T, D1, 1>;
+    case 3: return uvu_forward<T, D1, 3>;
+    case 5: return uvu_forward<T, D1, 5>;
+    case 7: return uvu_forward<T, D1, 7>;
+    default: return nullptr;
+  }
+}
+template <typename T>
+inline UvuForward<T> uvu_forward_for(const Path<T>& p) {
+  if (p.mode != kUVU) return nullptr;
+  switch (p.d1) {
+    case 1: return uvu_forward_d3<T, 1>(p.d3);
+    case 3: return uvu_forward_d3<T, 3>(p.d3);
+    case 5: return uvu_forward_d3<T, 5>(p.d3);
+    case 7: return uvu_forward_d3<T, 7>(p.d3);
+    default: return nullptr;
+  }
+}
+template <typename T, int D1>
+inline UvuBackward<T> uvu_backward_d3(int d3) {
+  switch (d3) {
+    case 1: return uvu_backward<T, D1, 1>;
+    case 3: return uvu_backward<T, D1, 3>;
+    case 5: return uvu_backward<T, D1, 5>;
+    case 7: return uvu_backward<T, D1, 7>;
+    default: return nullptr;
+  }
+}
+template <typename T>
+inline UvuBackward<T> uvu_backward_for(const Path<T>& p) {
+  if (p.mode != kUVU) return nullptr;
+  switch (p.d1) {
+    case 1: return uvu_backward_d3<T, 1>(p.d3);
+    case 3: return uvu_backward_d3<T, 3>(p.d3);
+    case 5: return uvu_backward_d3<T, 5>(p.d3);
+    case 7: return uvu_backward_d3<T, 7>(p.d3);
+    default: return nullptr;
+  }
+}
+
+// Picks each path's unrolled kernel (enable) or the generic loops for all (the reference).
+template <typename T>
+void select_unrolled(Plan<T>& plan, bool enable) {
+  plan.forward.assign(plan.paths.size(), nullptr);
+  plan.backward.assign(plan.paths.size(), nullptr);
+  if (!enable) return;
+  for (size_t n = 0; n < plan.paths.size(); ++n) {
+    plan.forward[n] = uvu_forward_for(plan.paths[n]);
+    plan.backward[n] = uvu_backward_for(plan.paths[n]);
+  }
+}
+
 // acc (ir_mul) += TP(x1t (ir_mul), x2 (e3nn), w (e3nn flat, this row's or shared)).
 template <typename T>
 void row_forward(const Plan<T>& plan, const T* x1t, const T* x2, const T* w, T* acc, Scratch<T>& s) {
-  for (const Path<T>& p : plan.paths) {
+  for (size_t n = 0; n < plan.paths.size(); ++n) {
+    const Path<T>& p = plan.paths[n];
     const T* x1 = x1t + p.off1;
     T* out = acc + p.offo;
+    if (!plan.forward.empty() && plan.forward[n] != nullptr) {
+      plan.forward[n](plan, p, x1, x2, w, out, s);
+      continue;
+    }
     for (int v = 0; v < p.mul2; ++v) {
       contract_cg(plan, p, x2 + p.off2 + v * p.d2, s.S.data());
       for (int k = 0; k < p.d3; ++k) {
@@ -124,9 +303,14 @@ void row_forward(const Plan<T>& plan, const T* x1t, const T* x2, const T* w, T* 
 template <typename T>
 void row_backward(const Plan<T>& plan, const T* x1t, const T* x2, const T* w, const T* gt, T* gx1t,
                   T* gx2, T* gw, Scratch<T>& s) {
-  for (const Path<T>& p : plan.paths) {
+  for (size_t n = 0; n < plan.paths.size(); ++n) {
+    const Path<T>& p = plan.paths[n];
     const T* x1 = x1t + p.off1;
     const T* g = gt + p.offo;
+    if (!plan.backward.empty() && plan.backward[n] != nullptr) {
+      plan.backward[n](plan, p, x1, x2, w, g, gx1t == nullptr ? nullptr : gx1t + p.off1, gx2, gw, s);
+      continue;
+    }
     for (int v = 0; v < p.mul2; ++v) {
       T* S = s.S.data();
       contract_cg(plan, p, x2 + p.off2 + v * p.d2, S);

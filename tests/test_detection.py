@@ -12,6 +12,7 @@ from torch import nn
 from torch_geometric.data import Batch, Data
 
 from geo3d.metrics.detection import box3d_iou, box3d_iou_matrix, eval_det, nms_3d, points_in_boxes, voc_ap
+from geo3d.models.apen_detector import FrameVoteHead
 from geo3d.models.registry import build_model
 from geo3d.models.votenet import Seeds, VoteNet
 from geo3d.nn.heads.detection import (
@@ -587,3 +588,23 @@ def test_detection_task_on_rooms():
     metrics = task.evaluate(model, val)
     assert {"map@0.25", "map@0.5", "mar@0.25", "mar@0.5"} <= set(metrics)
     assert all(math.isfinite(v) for v in metrics.values())
+
+
+def test_eval_mode_samples_eval_proposals():
+    """Training samples num_proposals votes, eval mode eval_proposals (the weights are shared by all)."""
+    g = torch.Generator().manual_seed(0)
+    pos, feat = torch.rand(2, 300, 3, generator=g), torch.randn(2, 300, 16, generator=g)
+    heads = [
+        DetectionHead(16, 3, [[1.0, 1.0, 1.0]] * 3, num_proposals=8, eval_proposals=40),
+        FrameVoteHead(16, 3, [[1.0, 1.0, 1.0]] * 3, num_proposals=8, eval_proposals=40),
+    ]
+    for head in heads:
+        args = (pos, feat) if isinstance(head, DetectionHead) else (pos, feat, pos + 0.01)
+        assert head.train()(*args)["aggregated_pos"].shape == (2, 8, 3)
+        with torch.no_grad():
+            assert head.eval()(*args)["aggregated_pos"].shape == (2, 40, 3)
+        with pytest.raises(ValueError, match="fewer than eval_proposals=40"):
+            head(*(a[:, :30] for a in args))
+    for arch in ("votenet", "apen_detector"):
+        with pytest.raises(ValueError, match="'eval_proposals' must be an integer >= 1"):
+            build_model(arch, {"eval_proposals": 0})

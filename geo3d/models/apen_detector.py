@@ -78,10 +78,12 @@ from geo3d.nn.heads.detection import (
     angle_to_class,
     canonical_fps,
     check_mean_sizes,
+    check_proposal_counts,
     detection_loss,
     gather_points,
     group_nearest,
     most_likely_boxes,
+    proposal_count,
     select_detections,
     split_box_parameters,
 )
@@ -93,6 +95,7 @@ DEFAULTS: dict[str, Any] = {
     "num_heading_bins": 12,  # bins of the frame-relative heading over a half turn
     "num_seeds": None,  # None: every point is a seed (exact per part); S: FPS subsample of S points
     "num_proposals": 64,
+    "eval_proposals": None,  # proposals in eval mode (None: num_proposals); the weights do not depend on it
     "vote_radius": 0.3,
     "vote_k": 32,
     "head_width": 128,
@@ -112,16 +115,16 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"apen_detector config: 'backbone' must be a mapping of APEN keys, got {cfg['backbone']!r}"
         )
-    for key in ("num_classes", "num_heading_bins", "num_proposals", "vote_k", "head_width"):
+    check_proposal_counts("apen_detector", cfg)
+    for key in ("num_classes", "num_heading_bins", "vote_k", "head_width"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise ValueError(f"apen_detector config: '{key}' must be an integer >= 1, got {cfg[key]!r}")
     seeds = cfg["num_seeds"]
     if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
         raise ValueError(f"apen_detector config: 'num_seeds' must be null or an integer >= 1, got {seeds!r}")
-    if seeds is not None and seeds < cfg["num_proposals"]:
-        raise ValueError(
-            f"apen_detector config: 'num_proposals' ({cfg['num_proposals']}) exceeds 'num_seeds' ({seeds})"
-        )
+    for key in ("num_proposals", "eval_proposals"):
+        if seeds is not None and cfg[key] is not None and seeds < cfg[key]:
+            raise ValueError(f"apen_detector config: '{key}' ({cfg[key]}) exceeds 'num_seeds' ({seeds})")
     if not (isinstance(cfg["vote_radius"], (int, float)) and cfg["vote_radius"] > 0):
         raise ValueError(f"apen_detector config: 'vote_radius' must be > 0, got {cfg['vote_radius']!r}")
     if cfg["mean_sizes"] is None:
@@ -170,6 +173,8 @@ class FrameVoteHead(nn.Module):
         num_proposals: ``P`` votes sampled as proposal centres (default 64).
         vote_radius, vote_k: grouping of the votes (default 0.3, 32).
         width: hidden width of the aggregation and proposal MLPs (default 128).
+        eval_proposals: ``P`` in eval mode (default: ``num_proposals``; see
+            :func:`~geo3d.nn.heads.detection.proposal_count`).
 
     Shapes:
         forward(seed_pos ``[B, S, 3]``, seed_feat ``[B, S, C]``, seed_vote ``[B, S, 3]``) -> dict
@@ -187,6 +192,7 @@ class FrameVoteHead(nn.Module):
         vote_radius: float = 0.3,
         vote_k: int = 32,
         width: int = 128,
+        eval_proposals: int | None = None,
     ) -> None:
         super().__init__()
         mean = check_mean_sizes(mean_sizes, num_classes)
@@ -196,6 +202,7 @@ class FrameVoteHead(nn.Module):
             float(vote_radius),
             int(vote_k),
         )
+        self.eval_proposals = self.num_proposals if eval_proposals is None else int(eval_proposals)
         self.register_buffer("mean_sizes", mean)
         self.feat_mlp = PointMLP(in_channels, [in_channels])  # VoteNet's vote feature residual
         self.feat_out = nn.Linear(in_channels, in_channels)
@@ -208,7 +215,8 @@ class FrameVoteHead(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"classes={self.num_classes}, heading_bins={self.num_heading_bins} (half turn), "
-            f"proposals={self.num_proposals}, vote_radius={self.vote_radius}, vote_k={self.vote_k}"
+            f"proposals={self.num_proposals} (eval {self.eval_proposals}), vote_radius={self.vote_radius}, "
+            f"vote_k={self.vote_k}"
         )
 
     def forward(self, seed_pos: Tensor, seed_feat: Tensor, seed_vote: Tensor) -> dict[str, Tensor]:
@@ -218,12 +226,11 @@ class FrameVoteHead(nn.Module):
                 f"seed_feat {tuple(seed_feat.shape)} / seed_vote {tuple(seed_vote.shape)} do not match "
                 f"seed_pos {tuple(seed_pos.shape)}"
             )
-        if s < self.num_proposals:
-            raise ValueError(f"{s} seeds a scene, fewer than num_proposals={self.num_proposals}")
+        p = proposal_count(self, s)
         vote_feat = F.normalize(seed_feat + self.feat_out(self.feat_mlp(seed_feat)), dim=-1)
 
         ptr = torch.arange(b + 1) * s
-        centre_idx = canonical_fps(seed_vote.reshape(b * s, 3), ptr, self.num_proposals)
+        centre_idx = canonical_fps(seed_vote.reshape(b * s, 3), ptr, p)
         centre_idx = centre_idx - ptr[:-1, None].to(centre_idx.device)  # [B, P] within each scene
         agg_pos = gather_points(seed_vote, centre_idx)  # [B, P, 3]
         nbr = group_nearest(agg_pos, seed_vote, self.vote_k, self.vote_radius)  # [B, P, k]
@@ -366,6 +373,7 @@ class APENDetector(nn.Module):
             vote_radius=cfg["vote_radius"],
             vote_k=cfg["vote_k"],
             width=cfg["head_width"],
+            eval_proposals=cfg["eval_proposals"],
         )
 
     @property

@@ -25,7 +25,13 @@ import torch
 from torch import Tensor, nn
 
 from geo3d.models.registry import register_architecture
-from geo3d.nn.heads.detection import DetectionHead, PointMLP, canonical_fps, gather_points
+from geo3d.nn.heads.detection import (
+    DetectionHead,
+    PointMLP,
+    canonical_fps,
+    check_proposal_counts,
+    gather_points,
+)
 from geo3d.ops.point_ops import knn_graph
 
 DEFAULTS: dict[str, Any] = {
@@ -40,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "sa_widths": [[64, 64, 128], [128, 128, 256], [128, 128, 256]],
     "fp_widths": [256, 256],  # [] -> the seeds are the last level's centres
     "num_proposals": 128,
+    "eval_proposals": None,  # proposals in eval mode (None: num_proposals); the weights do not depend on it
     "vote_radius": 0.3,
     "vote_k": 16,
     "head_width": 128,
@@ -167,6 +174,7 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("votenet config: fp_widths needs at least 2 set-abstraction levels")
     if any(b > a for a, b in itertools.pairwise(cfg["sa_points"])):
         raise ValueError(f"votenet config: sa_points must not increase, got {cfg['sa_points']}")
+    check_proposal_counts("votenet", cfg)
     if cfg["mean_sizes"] is None:
         cfg["mean_sizes"] = [[1.0, 1.0, 1.0]] * int(cfg["num_classes"])
     sizes = torch.as_tensor(cfg["mean_sizes"], dtype=torch.float64)
@@ -201,6 +209,7 @@ class VoteNet(nn.Module):
             vote_radius=cfg["vote_radius"],
             vote_k=cfg["vote_k"],
             width=cfg["head_width"],
+            eval_proposals=cfg["eval_proposals"],
         )
 
     @property

@@ -169,6 +169,35 @@ def gather_points(x: Tensor, idx: Tensor) -> Tensor:
     return torch.gather(x, 1, flat[..., None].expand(-1, -1, c)).reshape(*idx.shape, c)
 
 
+def check_proposal_counts(model: str, cfg: dict) -> None:
+    """``num_proposals`` an integer >= 1, ``eval_proposals`` null or one; raises ``ValueError`` naming the key."""
+    for key in ("num_proposals", "eval_proposals"):
+        value = cfg[key]
+        if value is None and key == "eval_proposals":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{model} config: '{key}' must be an integer >= 1, got {value!r}")
+
+
+def proposal_count(head: nn.Module, num_seeds: int) -> int:
+    """Proposals ``P`` a head samples from ``num_seeds`` votes: ``num_proposals`` in training,
+    ``eval_proposals`` in eval mode.
+
+    The head's weights do not depend on ``P`` (one shared MLP per proposal), so a
+    head trained with few proposals can test with more: each object is then
+    covered by more candidates, NMS keeps the best, and which vote FPS happens to
+    pick for an object matters less (measured on ``apen-rooms``: benchmarks/RESULTS.md).
+
+    Raises:
+        ValueError: fewer seeds than proposals.
+    """
+    p = head.num_proposals if head.training else head.eval_proposals
+    if num_seeds < p:
+        mode = "num_proposals" if head.training else "eval_proposals"
+        raise ValueError(f"{num_seeds} seeds a scene, fewer than {mode}={p}")
+    return p
+
+
 class DetectionHead(nn.Module):
     """Seeds -> votes -> proposals with box parameters (VoteNet's voting and proposal modules).
 
@@ -180,6 +209,8 @@ class DetectionHead(nn.Module):
         num_proposals: ``P`` votes sampled as proposal centres (default 128).
         vote_radius, vote_k: vote grouping (default 0.3, 16).
         width: hidden width of the aggregation and proposal MLPs (default 128).
+        eval_proposals: ``P`` in eval mode (default: ``num_proposals``); see
+            :func:`proposal_count`.
 
     Shapes:
         forward(seed_pos ``[B, S, 3]``, seed_feat ``[B, S, C]``) -> dict with
@@ -200,6 +231,7 @@ class DetectionHead(nn.Module):
         vote_radius: float = 0.3,
         vote_k: int = 16,
         width: int = 128,
+        eval_proposals: int | None = None,
     ) -> None:
         super().__init__()
         mean = check_mean_sizes(mean_sizes, num_classes)
@@ -208,6 +240,7 @@ class DetectionHead(nn.Module):
             num_heading_bins,
             num_proposals,
         )
+        self.eval_proposals = num_proposals if eval_proposals is None else int(eval_proposals)
         self.vote_radius, self.vote_k = float(vote_radius), int(vote_k)
         self.register_buffer("mean_sizes", mean)
         self.vote_mlp = PointMLP(in_channels, [in_channels, in_channels])
@@ -220,7 +253,8 @@ class DetectionHead(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"classes={self.num_classes}, heading_bins={self.num_heading_bins}, "
-            f"proposals={self.num_proposals}, vote_radius={self.vote_radius}, vote_k={self.vote_k}"
+            f"proposals={self.num_proposals} (eval {self.eval_proposals}), vote_radius={self.vote_radius}, "
+            f"vote_k={self.vote_k}"
         )
 
     def forward(self, seed_pos: Tensor, seed_feat: Tensor) -> dict[str, Tensor]:
@@ -234,7 +268,8 @@ class DetectionHead(nn.Module):
         vote_feat = F.normalize(seed_feat + vote[..., 3:], dim=-1)  # VoteNet L2-normalises vote features
 
         ptr = torch.arange(b + 1) * s
-        centre_idx = canonical_fps(vote_pos.reshape(b * s, 3), ptr, self.num_proposals) - ptr[:-1, None].to(
+        p = proposal_count(self, s)
+        centre_idx = canonical_fps(vote_pos.reshape(b * s, 3), ptr, p) - ptr[:-1, None].to(
             vote_pos.device
         )  # [B, P] within each scene
         agg_pos = gather_points(vote_pos, centre_idx)  # [B, P, 3]

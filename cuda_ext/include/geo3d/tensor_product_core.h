@@ -202,47 +202,28 @@ void uvu_backward(const Plan<T>& plan, const Path<T>& p, const T* x1, const T* x
   }
 }
 
-// The unrolled kernel of a path, or null (not uvu, or l1 or l3 above 3).
+// A path's unrolled forward and backward kernels, or null (not uvu, or l1 or l3 above 3).
 template <typename T, int D1>
-inline UvuForward<T> uvu_forward_d3(int d3) {
+inline void unrolled_d3(int d3, UvuForward<T>& f, UvuBackward<T>& b) {
   switch (d3) {
-    case 1: return uvu_forward<T, D1, 1>;
-    case 3: return uvu_forward<T, D1, 3>;
-    case 5: return uvu_forward<T, D1, 5>;
-    case 7: return uvu_forward<T, D1, 7>;
-    default: return nullptr;
+    case 1: f = uvu_forward<T, D1, 1>; b = uvu_backward<T, D1, 1>; break;
+    case 3: f = uvu_forward<T, D1, 3>; b = uvu_backward<T, D1, 3>; break;
+    case 5: f = uvu_forward<T, D1, 5>; b = uvu_backward<T, D1, 5>; break;
+    case 7: f = uvu_forward<T, D1, 7>; b = uvu_backward<T, D1, 7>; break;
+    default: break;
   }
 }
 template <typename T>
-inline UvuForward<T> uvu_forward_for(const Path<T>& p) {
-  if (p.mode != kUVU) return nullptr;
+inline void unrolled_for(const Path<T>& p, UvuForward<T>& f, UvuBackward<T>& b) {
+  f = nullptr;
+  b = nullptr;
+  if (p.mode != kUVU) return;
   switch (p.d1) {
-    case 1: return uvu_forward_d3<T, 1>(p.d3);
-    case 3: return uvu_forward_d3<T, 3>(p.d3);
-    case 5: return uvu_forward_d3<T, 5>(p.d3);
-    case 7: return uvu_forward_d3<T, 7>(p.d3);
-    default: return nullptr;
-  }
-}
-template <typename T, int D1>
-inline UvuBackward<T> uvu_backward_d3(int d3) {
-  switch (d3) {
-    case 1: return uvu_backward<T, D1, 1>;
-    case 3: return uvu_backward<T, D1, 3>;
-    case 5: return uvu_backward<T, D1, 5>;
-    case 7: return uvu_backward<T, D1, 7>;
-    default: return nullptr;
-  }
-}
-template <typename T>
-inline UvuBackward<T> uvu_backward_for(const Path<T>& p) {
-  if (p.mode != kUVU) return nullptr;
-  switch (p.d1) {
-    case 1: return uvu_backward_d3<T, 1>(p.d3);
-    case 3: return uvu_backward_d3<T, 3>(p.d3);
-    case 5: return uvu_backward_d3<T, 5>(p.d3);
-    case 7: return uvu_backward_d3<T, 7>(p.d3);
-    default: return nullptr;
+    case 1: unrolled_d3<T, 1>(p.d3, f, b); break;
+    case 3: unrolled_d3<T, 3>(p.d3, f, b); break;
+    case 5: unrolled_d3<T, 5>(p.d3, f, b); break;
+    case 7: unrolled_d3<T, 7>(p.d3, f, b); break;
+    default: break;
   }
 }
 
@@ -252,10 +233,7 @@ void select_unrolled(Plan<T>& plan, bool enable) {
   plan.forward.assign(plan.paths.size(), nullptr);
   plan.backward.assign(plan.paths.size(), nullptr);
   if (!enable) return;
-  for (size_t n = 0; n < plan.paths.size(); ++n) {
-    plan.forward[n] = uvu_forward_for(plan.paths[n]);
-    plan.backward[n] = uvu_backward_for(plan.paths[n]);
-  }
+  for (size_t n = 0; n < plan.paths.size(); ++n) unrolled_for(plan.paths[n], plan.forward[n], plan.backward[n]);
 }
 
 // acc (ir_mul) += TP(x1t (ir_mul), x2 (e3nn), w (e3nn flat, this row's or shared)).

@@ -119,17 +119,24 @@ inline void uvu_weights(const Path<T>& p, const T* w, int v, T* wv) {
   }
 }
 
+// Per (path, v) of the unrolled kernels: s.wv, and S of in2's channel v copied into the
+// caller's fixed-size Sr (a local array the compiler keeps apart from the outputs).
+template <typename T, int D1, int D3>
+inline void uvu_prepare(const Plan<T>& plan, const Path<T>& p, const T* x2, const T* w, int v, Scratch<T>& s,
+                        T* Sr) {
+  contract_cg(plan, p, x2 + p.off2 + v * p.d2, s.S.data());
+  uvu_weights(p, w, v, s.wv.data());
+  for (int n = 0; n < D1 * D3; ++n) Sr[n] = s.S[n];
+}
+
 template <typename T, int D1, int D3>
 void uvu_forward(const Plan<T>& plan, const Path<T>& p, const T* x1, const T* x2, const T* w, T* out,
                  Scratch<T>& s) {
   const int mul = p.mul1;
-  T* S = s.S.data();
-  T* wv = s.wv.data();
+  const T* wv = s.wv.data();
   for (int v = 0; v < p.mul2; ++v) {
-    contract_cg(plan, p, x2 + p.off2 + v * p.d2, S);
-    uvu_weights(p, w, v, wv);
     T Sr[D1 * D3];
-    for (int n = 0; n < D1 * D3; ++n) Sr[n] = S[n];
+    uvu_prepare<T, D1, D3>(plan, p, x2, w, v, s, Sr);
 #pragma omp simd
     for (int u = 0; u < mul; ++u) {
       T xi[D1];
@@ -148,15 +155,12 @@ void uvu_backward(const Plan<T>& plan, const Path<T>& p, const T* x1, const T* x
                   T* gx1, T* gx2, T* gw, Scratch<T>& s) {
   const int mul = p.mul1;
   const bool need_gw = gw != nullptr && p.woff >= 0;
-  T* S = s.S.data();
-  T* wv = s.wv.data();
+  const T* wv = s.wv.data();
   T* gwv = s.t.data();  // d <g, out> / d w[u, v] / pw
   T* h = s.hk.data();   // h_k[u] = wv[u] g_k[u], [D3][mul]
   for (int v = 0; v < p.mul2; ++v) {
-    contract_cg(plan, p, x2 + p.off2 + v * p.d2, S);
-    uvu_weights(p, w, v, wv);
     T Sr[D1 * D3];
-    for (int n = 0; n < D1 * D3; ++n) Sr[n] = S[n];
+    uvu_prepare<T, D1, D3>(plan, p, x2, w, v, s, Sr);
 #pragma omp simd
     for (int u = 0; u < mul; ++u) {
       T xi[D1], gk[D3];

@@ -8,7 +8,7 @@ the task takes out before building the model:
 ``det_weight * detection + vote_weight * sum_blocks vote + seg_weight * CE``
 
 - detection: VoteNet's loss with the frame-relative heading
-  (:func:`~geo3d.models.apen_detector.frame_detection_loss`), seeds labelled by
+  (:func:`~geo3d.nn.heads.frame_detection.frame_detection_loss`), seeds labelled by
   their point's instance;
 - vote: APEN's per-block squared vote error toward each object point's box
   centre (background points cast no vote), as in the scene segmentation task;
@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from geo3d.models.apen import apen_loss
-from geo3d.models.apen_detector import frame_detection_loss
+from geo3d.nn.heads.frame_detection import frame_detection_loss
 from geo3d.train.config import ExperimentConfig
 from geo3d.train.detection_task import DetectionTask
 from geo3d.train.scene_eval import (

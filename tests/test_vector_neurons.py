@@ -11,6 +11,7 @@ from geo3d.data.transforms import random_rotation
 from geo3d.models.vn_dgcnn import VNDGCNN
 from geo3d.nn.vector_neurons import (
     VNBatchNorm,
+    VNBatchRMSNorm,
     VNInvariant,
     VNLeakyReLU,
     VNLinear,
@@ -31,6 +32,8 @@ LAYERS = {
     "leaky_relu": lambda: VNLeakyReLU(C),
     "leaky_relu_shared": lambda: VNLeakyReLU(C, share_nonlinearity=True, negative_slope=0.0),
     "batch_norm": lambda: VNBatchNorm(C),
+    "batch_rms_norm": lambda: VNBatchRMSNorm(C),
+    "block_rms": lambda: VNLinearBNLeakyReLU(C, 6, norm="rms"),
     "block": lambda: VNLinearBNLeakyReLU(C, 6),
     "max_pool": lambda: VNMaxPool(C),
     "mean_pool": lambda: vn_mean_pool,
@@ -119,3 +122,23 @@ def test_vn_dgcnn_config_is_checked_and_gradients_flow():
     model(Batch.from_data_list(procedural_shapes(3, 64))).logsumexp(1).sum().backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_rms_norm_keeps_short_vectors_short():
+    """VN batch norm maps a 1e-4 vector to O(1) length (gradient ~1e4); the RMS norm keeps it 1e-4 of the rest."""
+    x = torch.randn(64, 2, 3)
+    x[0] *= 1e-4
+    x.requires_grad_(True)
+    out = VNBatchRMSNorm(2).train()(x)
+    ratio = out[0].norm(dim=-1) / out[1:].norm(dim=-1).mean(0)
+    assert bool((ratio < 1e-3).all())
+    out.sum().backward()
+    assert float(x.grad.abs().max()) < 10.0
+    bn = VNBatchNorm(2).train()(x.detach())
+    assert float(bn[0].norm(dim=-1).min()) > 1e-2  # the paper's norm blows it up
+    norm = VNBatchRMSNorm(2)
+    norm.train()(x.detach())
+    norm.eval()
+    assert torch.allclose(norm(x.detach()), x.detach() * (1 / torch.sqrt(norm.running_sq + 1e-5))[:, None])
+    with pytest.raises(ValueError, match="norm must be one of"):
+        VNLinearBNLeakyReLU(2, 2, norm="layer")

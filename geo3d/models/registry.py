@@ -33,6 +33,7 @@ ARCHITECTURE_MODULES: list[str] = [
     "geo3d.models.vn_dgcnn",
     "geo3d.models.parot",
     "geo3d.models.votenet",
+    "geo3d.models.vn_detector",
     "geo3d.models.apen",
     "geo3d.models.apen_detector",
 ]

@@ -65,13 +65,36 @@ class Seeds(NamedTuple):
     index: Tensor
 
 
-def _scene_ptr(data: Any) -> Tensor:
+def scene_ptr(data: Any) -> Tensor:
+    """``[B + 1]`` offsets of the scenes of a PyG batch (``batch`` sorted), on the CPU."""
     n = data.pos.shape[0]
     batch = getattr(data, "batch", None)
     if batch is None:
         return torch.tensor([0, n])
     counts = torch.bincount(batch.detach().cpu(), minlength=int(getattr(data, "num_graphs", 1)))
     return torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+
+
+def ball_group(pos: Tensor, ptr: Tensor, m: int, k: int, radius: float) -> tuple[Tensor, Tensor]:
+    """PointNet++ grouping: ``m`` FPS centres per scene and their ``k`` nearest points within ``radius``.
+
+    Args:
+        pos: ``[N, 3]`` points of ``B`` scenes at ``ptr`` (``[B + 1]`` offsets).
+
+    Returns:
+        ``centres [B, m]`` and ``nbr [B, m, k]``, indices into ``pos``; neighbours
+        nearest first (the centre itself first), those beyond ``radius`` replaced by
+        the centre (PointNet++'s ball-query padding, harmless under a max-pool).
+    """
+    centres = canonical_fps(pos, ptr, m)  # [B, m] into pos
+    sizes = ptr[1:] - ptr[:-1]
+    if int(sizes.min()) < k:
+        raise ValueError(f"set abstraction: k={k} neighbours but a scene has {int(sizes.min())} points")
+    batch = torch.repeat_interleave(torch.arange(len(sizes), device=pos.device), sizes.to(pos.device))
+    edges = knn_graph(pos, k, batch=batch, loop=True, num_graphs=len(sizes))
+    nbr = edges[0].reshape(len(pos), k)[centres]  # [B, m, k]
+    d2 = ((pos[nbr] - pos[centres][:, :, None]).detach() ** 2).sum(-1)
+    return centres, torch.where(d2 <= radius**2, nbr, nbr[..., :1])
 
 
 class SetAbstraction(nn.Module):
@@ -85,22 +108,50 @@ class SetAbstraction(nn.Module):
 
     def forward(self, pos: Tensor, feat: Tensor | None, ptr: Tensor) -> tuple[Tensor, Tensor]:
         """``pos [N, 3]``, ``feat [N, C]`` of scenes at ``ptr`` -> centre indices ``[B, m]``, features ``[B, m, C']``."""
-        centres = canonical_fps(pos, ptr, self.m)  # [B, m] into pos
-        sizes = ptr[1:] - ptr[:-1]
-        if int(sizes.min()) < self.k:
-            raise ValueError(
-                f"set abstraction: k={self.k} neighbours but a scene has {int(sizes.min())} points"
-            )
-        batch = torch.repeat_interleave(torch.arange(len(sizes), device=pos.device), sizes.to(pos.device))
-        edges = knn_graph(pos, self.k, batch=batch, loop=True, num_graphs=len(sizes))
-        nbr = edges[0].reshape(len(pos), self.k)[centres]  # [B, m, k], nearest first (the centre itself)
-        rel = pos[nbr] - pos[centres][:, :, None]
-        d2 = (rel.detach() ** 2).sum(-1)
-        nbr = torch.where(d2 <= self.radius**2, nbr, nbr[..., :1])  # ball query: pad with the nearest
+        centres, nbr = ball_group(pos, ptr, self.m, self.k, self.radius)
         h = (pos[nbr] - pos[centres][:, :, None]) / self.radius
         if feat is not None:
             h = torch.cat([h, feat[nbr]], dim=-1)
         return centres, self.mlp(h).max(dim=2).values
+
+
+def interpolate(fine_pos: Tensor, coarse_pos: Tensor, coarse_feat: Tensor) -> Tensor:
+    """Inverse-distance interpolation from the 3 nearest coarse points (PointNet++'s feature propagation).
+
+    ``fine_pos [B, F, 3]``, ``coarse_pos [B, M, 3]``, ``coarse_feat [B, M, ...]`` ->
+    ``[B, F, ...]``. The weights depend on distances only, so interpolated
+    vector features rotate with the points.
+    """
+    d2 = ((fine_pos.detach()[:, :, None] - coarse_pos.detach()[:, None]) ** 2).sum(-1)  # [B, F, M]
+    d2, idx = torch.topk(d2, min(3, coarse_pos.shape[1]), dim=-1, largest=False)
+    w = 1.0 / (d2.sqrt() + 1e-8)
+    w = w / w.sum(-1, keepdim=True)
+    b, m = coarse_feat.shape[:2]
+    flat = gather_points(coarse_feat.reshape(b, m, -1), idx)  # [B, F, 3, prod(...)]
+    out = (flat * w[..., None]).sum(2)
+    return out.reshape(*out.shape[:2], *coarse_feat.shape[2:])
+
+
+def abstraction_levels(
+    levels: nn.ModuleList, pos: Tensor, feat: Tensor | None, ptr: Tensor
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Run set-abstraction levels in turn, each on the previous level's centres.
+
+    Args:
+        levels: modules with ``forward(pos [N, 3], feat [N, ...] | None, ptr) -> (centres [B, m], feat [B, m, ...])``.
+        pos, feat, ptr: the input points of ``B`` scenes at offsets ``ptr``.
+
+    Returns:
+        per level ``(pos [B, m, 3], feat [B, m, ...], index [B, m])``, ``index`` into the input ``pos``.
+    """
+    out: list[tuple[Tensor, Tensor, Tensor]] = []
+    for sa in levels:
+        centres, feat_b = sa(pos, feat, ptr)
+        b, m = centres.shape
+        index = centres if not out else out[-1][2].reshape(-1)[centres]
+        pos, feat, ptr = pos[centres.reshape(-1)], feat_b.flatten(0, 1), torch.arange(b + 1) * m
+        out.append((pos.reshape(b, m, 3), feat_b, index))
+    return out
 
 
 class FeaturePropagation(nn.Module):
@@ -113,12 +164,7 @@ class FeaturePropagation(nn.Module):
 
     def forward(self, fine_pos: Tensor, fine_feat: Tensor, coarse_pos: Tensor, coarse_feat: Tensor) -> Tensor:
         """``[B, F, 3]``, ``[B, F, C_f]``, ``[B, M, 3]``, ``[B, M, C_c]`` -> ``[B, F, C']``."""
-        d2 = ((fine_pos.detach()[:, :, None] - coarse_pos.detach()[:, None]) ** 2).sum(-1)  # [B, F, M]
-        d2, idx = torch.topk(d2, min(3, coarse_pos.shape[1]), dim=-1, largest=False)
-        w = 1.0 / (d2.sqrt() + 1e-8)
-        w = w / w.sum(-1, keepdim=True)
-        interp = (gather_points(coarse_feat, idx) * w[..., None]).sum(2)
-        return self.mlp(torch.cat([interp, fine_feat], dim=-1))
+        return self.mlp(torch.cat([interpolate(fine_pos, coarse_pos, coarse_feat), fine_feat], dim=-1))
 
 
 class PointNet2Backbone(nn.Module):
@@ -140,15 +186,9 @@ class PointNet2Backbone(nn.Module):
         self.out_channels = c
 
     def forward(self, data: Any) -> Seeds:
-        pos, ptr = data.pos, _scene_ptr(data)
+        pos, ptr = data.pos, scene_ptr(data)
         feat = data.normal if self.use_normals else None
-        levels: list[tuple[Tensor, Tensor, Tensor]] = []  # per level: pos [B, m, 3], feat, input index [B, m]
-        for sa in self.levels:
-            centres, feat_b = sa(pos, feat, ptr)
-            b, m = centres.shape
-            index = centres if not levels else levels[-1][2].reshape(-1)[centres]
-            pos, feat, ptr = pos[centres.reshape(-1)], feat_b.reshape(b * m, -1), torch.arange(b + 1) * m
-            levels.append((pos.reshape(b, m, 3), feat_b, index))
+        levels = abstraction_levels(self.levels, pos, feat, ptr)
         if self.fp is None:
             return Seeds(*levels[-1])
         (fine_pos, fine_feat, fine_index), (coarse_pos, coarse_feat, _) = levels[-2], levels[-1]

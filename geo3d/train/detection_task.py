@@ -1,4 +1,4 @@
-"""3D object detection (VoteNet on the procedural ``Rooms``) for the shared trainer (task ``detection``).
+"""3D object detection on the procedural ``Rooms`` (``votenet``, ``vn_detector``) for the shared trainer (task ``detection``).
 
 It reads ``data.num_points`` (points a scene), ``data.num_scenes`` /
 ``data.val_scenes`` (capped by ``data.limit_train`` / ``data.limit_val`` when
@@ -22,10 +22,14 @@ from torch_geometric.data import Data
 from geo3d.data.rooms import CLASS_NAMES, NUM_CLASSES, Rooms
 from geo3d.data.scene_protocols import apply_protocol
 from geo3d.nn.heads.detection import detection_loss
+from geo3d.nn.heads.frame_detection import frame_detection_loss
 from geo3d.train.config import ExperimentConfig
 from geo3d.train.scene_eval import DetectionMeter, scene_metrics, split_boxes
 
-ARCHS = ("votenet",)
+# Detector architectures and their losses: VoteNet's world-frame headings, or (Vector-Neuron
+# backbone) headings relative to each proposal's horizontal frame.
+LOSSES = {"votenet": detection_loss, "vn_detector": frame_detection_loss}
+ARCHS = tuple(LOSSES)
 _AUGMENT = {"none": None, "z": "scene_z", "so3": "scene_so3"}
 
 
@@ -114,7 +118,8 @@ class DetectionTask:
         out = model(batch)
         boxes, labels = split_boxes(batch)
         mean_sizes = getattr(model, "module", model).mean_sizes  # DDP wraps the model
-        return detection_loss(out, boxes, labels, mean_sizes, seed_instance=batch.instance[out["seed_index"]])
+        loss = LOSSES[self.arch]
+        return loss(out, boxes, labels, mean_sizes, seed_instance=batch.instance[out["seed_index"]])
 
     def evaluate(self, model: nn.Module, val_set: Dataset) -> dict[str, float]:
         return detection_metrics(model, val_set)

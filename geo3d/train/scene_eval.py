@@ -123,6 +123,7 @@ class SegmentationMeter:
 MeterFactory = Callable[[nn.Module], Meter]
 SCENE_METERS: dict[str, tuple[MeterFactory, ...]] = {
     "votenet": (DetectionMeter,),
+    "vn_detector": (DetectionMeter,),  # Vector-Neuron backbone + frame-relative head
     "apen": (SegmentationMeter,),  # APEN's seg_logits over Rooms' semantic labels
     "apen_detector": (DetectionMeter, SegmentationMeter),  # APEN with both heads (apen-rooms)
 }

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from geo3d.models.apen import APEN
 from geo3d.models.apen import check_config as check_apen_config
 from geo3d.models.registry import register_architecture
-from geo3d.nn.heads.detection import check_proposal_counts
+from geo3d.nn.heads.detection import check_proposal_counts, head_kwargs
 from geo3d.nn.heads.frame_detection import FrameVoteHead, decode_frame_detections
 
 DEFAULTS: dict[str, Any] = {
@@ -127,17 +127,7 @@ class APENDetector(nn.Module):
         self.config = cfg
         self.num_seeds = cfg["num_seeds"]
         self.backbone = APEN(cfg["backbone"])
-        self.head = FrameVoteHead(
-            self.backbone.feat_dim,
-            cfg["num_classes"],
-            cfg["mean_sizes"],
-            num_heading_bins=cfg["num_heading_bins"],
-            num_proposals=cfg["num_proposals"],
-            vote_radius=cfg["vote_radius"],
-            vote_k=cfg["vote_k"],
-            width=cfg["head_width"],
-            eval_proposals=cfg["eval_proposals"],
-        )
+        self.head = FrameVoteHead(self.backbone.feat_dim, **head_kwargs(cfg))
 
     @property
     def mean_sizes(self) -> Tensor:

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from geo3d.models.registry import register_architecture
 from geo3d.models.votenet import abstraction_levels, ball_group, interpolate, scene_ptr
-from geo3d.nn.heads.detection import PointMLP, check_mean_sizes, check_proposal_counts
+from geo3d.nn.heads.detection import PointMLP, check_mean_sizes, check_proposal_counts, head_kwargs
 from geo3d.nn.heads.frame_detection import FrameVoteHead, decode_frame_detections
 from geo3d.nn.vector_neurons import VNInvariant, VNLinear, VNLinearBNLeakyReLU, VNMaxPool
 
@@ -177,17 +177,7 @@ class VNDetector(nn.Module):
         self.vote = nn.Sequential(VNLinearBNLeakyReLU(c, c, norm=NORM), VNLinear(c, 1))
         self.invariant = VNInvariant(c, norm=NORM)
         self.feat = PointMLP(3 * c, [int(cfg["feat_width"])])
-        self.head = FrameVoteHead(
-            int(cfg["feat_width"]),
-            cfg["num_classes"],
-            cfg["mean_sizes"],
-            num_heading_bins=cfg["num_heading_bins"],
-            num_proposals=cfg["num_proposals"],
-            vote_radius=cfg["vote_radius"],
-            vote_k=cfg["vote_k"],
-            width=cfg["head_width"],
-            eval_proposals=cfg["eval_proposals"],
-        )
+        self.head = FrameVoteHead(int(cfg["feat_width"]), **head_kwargs(cfg))
 
     @property
     def mean_sizes(self) -> Tensor:

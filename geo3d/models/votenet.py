@@ -31,6 +31,7 @@ from geo3d.nn.heads.detection import (
     canonical_fps,
     check_proposal_counts,
     gather_points,
+    head_kwargs,
 )
 from geo3d.ops.point_ops import knn_graph
 
@@ -240,17 +241,7 @@ class VoteNet(nn.Module):
         cfg = check_config(config)
         self.config = cfg
         self.backbone = backbone if backbone is not None else BACKBONES[cfg["backbone"]](cfg)
-        self.head = DetectionHead(
-            self.backbone.out_channels,
-            cfg["num_classes"],
-            cfg["mean_sizes"],
-            num_heading_bins=cfg["num_heading_bins"],
-            num_proposals=cfg["num_proposals"],
-            vote_radius=cfg["vote_radius"],
-            vote_k=cfg["vote_k"],
-            width=cfg["head_width"],
-            eval_proposals=cfg["eval_proposals"],
-        )
+        self.head = DetectionHead(self.backbone.out_channels, **head_kwargs(cfg))
 
     @property
     def mean_sizes(self) -> Tensor:

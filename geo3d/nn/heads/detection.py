@@ -179,6 +179,22 @@ def check_proposal_counts(model: str, cfg: dict) -> None:
             raise ValueError(f"{model} config: '{key}' must be an integer >= 1, got {value!r}")
 
 
+def head_kwargs(cfg: dict) -> dict:
+    """A detection head's arguments after ``in_channels`` from a model config with the usual keys
+    (``num_classes``, ``mean_sizes``, ``num_heading_bins``, ``num_proposals``, ``eval_proposals``,
+    ``vote_radius``, ``vote_k``, ``head_width``), for :class:`DetectionHead` and its frame-relative twin."""
+    return {
+        "num_classes": cfg["num_classes"],
+        "mean_sizes": cfg["mean_sizes"],
+        "num_heading_bins": cfg["num_heading_bins"],
+        "num_proposals": cfg["num_proposals"],
+        "vote_radius": cfg["vote_radius"],
+        "vote_k": cfg["vote_k"],
+        "width": cfg["head_width"],
+        "eval_proposals": cfg["eval_proposals"],
+    }
+
+
 def proposal_count(head: nn.Module, num_seeds: int) -> int:
     """Proposals ``P`` a head samples from ``num_seeds`` votes: ``num_proposals`` in training,
     ``eval_proposals`` in eval mode.

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from geo3d.models.apen import APEN
 from geo3d.models.apen import check_config as check_apen_config
 from geo3d.models.registry import register_architecture
-from geo3d.nn.heads.detection import check_proposal_counts, head_kwargs
+from geo3d.nn.heads.detection import check_proposal_counts, fill_mean_sizes, head_kwargs
 from geo3d.nn.heads.frame_detection import FrameVoteHead, decode_frame_detections
 
 DEFAULTS: dict[str, Any] = {
@@ -89,14 +89,7 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"apen_detector config: '{key}' ({cfg[key]}) exceeds 'num_seeds' ({seeds})")
     if not (isinstance(cfg["vote_radius"], (int, float)) and cfg["vote_radius"] > 0):
         raise ValueError(f"apen_detector config: 'vote_radius' must be > 0, got {cfg['vote_radius']!r}")
-    if cfg["mean_sizes"] is None:
-        cfg["mean_sizes"] = [[1.0, 1.0, 1.0]] * cfg["num_classes"]
-    sizes = torch.as_tensor(cfg["mean_sizes"], dtype=torch.float64)
-    if sizes.shape != (cfg["num_classes"], 3) or not bool((sizes > 0).all()):
-        raise ValueError(
-            f"apen_detector config: 'mean_sizes' must be [num_classes={cfg['num_classes']}, 3] positive "
-            f"sizes, got shape {tuple(sizes.shape)}"
-        )
+    fill_mean_sizes("apen_detector", cfg)
     backbone = {"num_classes": 1 + cfg["num_classes"], **cfg["backbone"]}
     try:
         cfg["backbone"] = check_apen_config(backbone)

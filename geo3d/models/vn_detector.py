@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from geo3d.models.registry import register_architecture
 from geo3d.models.votenet import abstraction_levels, ball_group, interpolate, scene_ptr
-from geo3d.nn.heads.detection import PointMLP, check_mean_sizes, check_proposal_counts, head_kwargs
+from geo3d.nn.heads.detection import PointMLP, check_proposal_counts, fill_mean_sizes, head_kwargs
 from geo3d.nn.heads.frame_detection import FrameVoteHead, decode_frame_detections
 from geo3d.nn.vector_neurons import VNInvariant, VNLinear, VNLinearBNLeakyReLU, VNMaxPool
 
@@ -95,12 +95,7 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
     for key in ("num_proposals", "eval_proposals"):
         if cfg[key] is not None and cfg[key] > seeds:
             raise ValueError(f"vn_detector config: '{key}' ({cfg[key]}) exceeds the {seeds} seeds a scene")
-    if cfg["mean_sizes"] is None:
-        cfg["mean_sizes"] = [[1.0, 1.0, 1.0]] * int(cfg["num_classes"])
-    try:
-        check_mean_sizes(cfg["mean_sizes"], int(cfg["num_classes"]))
-    except ValueError as exc:
-        raise ValueError(f"vn_detector config: 'mean_sizes': {exc}") from exc
+    fill_mean_sizes("vn_detector", cfg)
     return cfg
 
 

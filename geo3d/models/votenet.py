@@ -30,6 +30,7 @@ from geo3d.nn.heads.detection import (
     PointMLP,
     canonical_fps,
     check_proposal_counts,
+    fill_mean_sizes,
     gather_points,
     head_kwargs,
 )
@@ -216,14 +217,7 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
     if any(b > a for a, b in itertools.pairwise(cfg["sa_points"])):
         raise ValueError(f"votenet config: sa_points must not increase, got {cfg['sa_points']}")
     check_proposal_counts("votenet", cfg)
-    if cfg["mean_sizes"] is None:
-        cfg["mean_sizes"] = [[1.0, 1.0, 1.0]] * int(cfg["num_classes"])
-    sizes = torch.as_tensor(cfg["mean_sizes"], dtype=torch.float64)
-    if sizes.shape != (cfg["num_classes"], 3) or not bool((sizes > 0).all()):
-        raise ValueError(
-            f"votenet config: mean_sizes must be [num_classes={cfg['num_classes']}, 3] positive sizes, "
-            f"got shape {tuple(sizes.shape)}"
-        )
+    fill_mean_sizes("votenet", cfg)
     return cfg
 
 

@@ -135,7 +135,7 @@ class VNBatchRMSNorm(nn.Module):
         if self.training:
             sq = (x * x).sum(-1).reshape(-1, self.channels).mean(0)  # [C]
             with torch.no_grad():
-                self.running_sq.lerp_(sq.detach(), self.momentum)
+                self.running_sq.lerp_(sq, self.momentum)
         else:
             sq = self.running_sq
         return x * (self.weight / torch.sqrt(sq + self.eps)).unsqueeze(-1)
@@ -148,8 +148,7 @@ class VNLinearBNLeakyReLU(nn.Sequential):
     """The usual VN block, ``VNLinear -> VNBatchNorm -> VNLeakyReLU``: ``[..., C_in, 3] -> [..., C_out, 3]``.
 
     ``norm``: ``"batch"`` (the paper's :class:`VNBatchNorm`), ``"rms"``
-    (:class:`VNBatchRMSNorm`, for inputs with near-zero vectors) or ``None``
-    (``batch_norm=False`` is the same as ``None``).
+    (:class:`VNBatchRMSNorm`, for inputs with near-zero vectors) or ``None`` (no norm).
 
     (The reference code predicts the nonlinearity's direction from the block's
     input; here it comes from the normalised output, as a plain composition of
@@ -162,7 +161,6 @@ class VNLinearBNLeakyReLU(nn.Sequential):
         out_channels: int,
         share_nonlinearity: bool = False,
         negative_slope: float = 0.2,
-        batch_norm: bool = True,
         norm: str | None = "batch",
     ) -> None:
         if norm is not None and norm not in NORMS:
@@ -170,7 +168,7 @@ class VNLinearBNLeakyReLU(nn.Sequential):
                 f"VNLinearBNLeakyReLU: norm must be one of {sorted(NORMS)} or None, got {norm!r}"
             )
         layers: list[nn.Module] = [VNLinear(in_channels, out_channels)]
-        if batch_norm and norm is not None:
+        if norm is not None:
             layers.append(NORMS[norm](out_channels))
         layers.append(VNLeakyReLU(out_channels, share_nonlinearity, negative_slope))
         super().__init__(*layers)

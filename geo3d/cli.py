@@ -226,6 +226,12 @@ def evaluate(
     ),
     scenes: int = typer.Option(100, "--scenes", min=1, help="Scene models: Rooms test scenes."),
     seed: int = typer.Option(0, "--seed", help="Seed of the test rotations."),
+    object_yaw: str | None = typer.Option(
+        None,
+        "--object-yaw",
+        help="Scene models: test scenes with 'random' or 'aligned' (square to the room) object yaws; "
+        "default: as the model was trained.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Shapes: accuracy or part mIoU under rotations. Rooms scene models: mAP@0.25/0.5 and/or mIoU per protocol."""
@@ -241,8 +247,10 @@ def evaluate(
     except Exception as exc:  # unknown name, foreign file, ...: one clear line
         _fail(str(exc))
     if net.geo3d_checkpoint.get("arch") in SCENE_METERS:
-        _evaluate_scenes(net, model, protocol, scenes, seed, as_json)
+        _evaluate_scenes(net, model, protocol, scenes, seed, as_json, object_yaw)
         return
+    if object_yaw is not None:
+        _fail("--object-yaw applies to Rooms scene models only")
 
     from geo3d.data.shapes import Shapes
     from geo3d.data.transforms import RandomRotate
@@ -284,7 +292,9 @@ def evaluate(
     console.print(table)
 
 
-def _evaluate_scenes(net, model: str, protocol: str, scenes: int, seed: int, as_json: bool) -> None:
+def _evaluate_scenes(
+    net, model: str, protocol: str, scenes: int, seed: int, as_json: bool, object_yaw: str | None = None
+) -> None:
     """``geo3d evaluate`` for Rooms scene models: one row (JSON key) per protocol."""
     import json
 
@@ -295,7 +305,9 @@ def _evaluate_scenes(net, model: str, protocol: str, scenes: int, seed: int, as_
     status = f"{model}: {scenes} Rooms test scenes x {len(protocols)} protocol(s)"
     try:
         with Console(stderr=True).status(status):  # stderr: stdout stays one JSON object
-            results = evaluate_protocols(net, net.geo3d_checkpoint["arch"], protocols, scenes, seed)
+            results = evaluate_protocols(
+                net, net.geo3d_checkpoint["arch"], protocols, scenes, seed, object_yaw=object_yaw
+            )
     except ValueError as exc:
         _fail(f"{model}: {exc}")
     if as_json:

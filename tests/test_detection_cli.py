@@ -23,6 +23,7 @@ from geo3d.train.scene_eval import (
     SegmentationMeter,
     evaluate_protocols,
     register_scene_meters,
+    rooms_test_split,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +61,34 @@ def test_config_fields_are_strict():
     # votenet checkpoints cannot record occlusion yet: refused up front, not evaluated wrongly later
     with pytest.raises(ValueError, match=r"data\.occlusion"):
         make_task(load_config(CONFIG, ["data.occlusion=true"]))
+
+
+def test_aligned_scenes_are_recorded_and_tested_as_trained(tmp_path):
+    """A model trained on aligned Rooms records it; evaluation rebuilds aligned test scenes unless told otherwise."""
+    over = [
+        "data.object_yaw=aligned",
+        "data.train_rotation=none",
+        "data.num_scenes=2",
+        "data.val_scenes=1",
+        "data.num_points=300",
+    ]
+    task = make_task(load_config(CONFIG, [*over, f"data.cache_dir={tmp_path}"]))
+    train, _ = task.datasets()
+    config = task.model_config(train)
+    assert config["object_yaw"] == "aligned" and "occlusion" not in config
+
+    def quarter_turns(dataset) -> bool:
+        q = torch.cat([d.boxes[:, 6] for d in dataset]).double() / (math.pi / 2)
+        return bool(torch.allclose(q, q.round(), atol=1e-6))
+
+    assert quarter_turns(train)
+    assert quarter_turns(rooms_test_split(config, 2, cache_dir=tmp_path))
+    assert not quarter_turns(rooms_test_split(config, 2, cache_dir=tmp_path, object_yaw="random"))
+    with pytest.raises(ConfigError, match=r"'data\.object_yaw'"):
+        load_config(CONFIG, ["data.object_yaw=square"])
+    # APEN segmentation checkpoints record the yaws but not occlusion: refused before training
+    with pytest.raises(ValueError, match=r"data\.occlusion: 'apen'"):
+        make_task(load_config(ROOT / "configs/apen_rooms_seg.yaml", ["data.occlusion=true"]))
 
 
 def test_train_then_evaluate_every_protocol(checkpoint):

@@ -66,6 +66,26 @@ def test_rooms_are_deterministic_cached_and_labelled(tmp_path):
         Rooms("dev", 1, cache_dir="")
 
 
+def test_aligned_rooms_snap_the_same_layout_square_to_the_room(tmp_path):
+    rand = Rooms("test", 3, num_points=1500, cache_dir="")
+    aligned = Rooms("test", 3, num_points=1500, object_yaw="aligned", cache_dir=tmp_path)
+    assert len(list(tmp_path.iterdir())) == 1  # its own cache file
+    for k in range(3):
+        r, a = rand[k], aligned[k]
+        # same rooms, objects, classes and centres; only the yaws move, to the nearest quarter turn
+        assert torch.equal(r.box_class, a.box_class) and torch.equal(r.boxes[:, :6], a.boxes[:, :6])
+        quarter = a.boxes[:, 6].double() / (math.pi / 2)
+        assert torch.allclose(quarter, quarter.round(), atol=1e-6)
+        assert (a.boxes[:, 6] >= -math.pi).all() and (a.boxes[:, 6] < math.pi).all()
+        turn = (
+            torch.remainder(r.boxes[:, 6].double() - a.boxes[:, 6].double() + math.pi, 2 * math.pi) - math.pi
+        )
+        assert turn.abs().max() <= math.pi / 4 + 1e-6
+        assert max_outside(a) <= 3 * 0.003 + 1e-5  # points were sampled from the snapped objects
+    with pytest.raises(ValueError, match="object_yaw must be one of"):
+        Rooms("test", 1, object_yaw="square", cache_dir="")
+
+
 def test_boxes_tightly_contain_their_objects():
     for k in range(2):
         d = make_scene(0, "val", k, num_points=20000, noise=0.0)

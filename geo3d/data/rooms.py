@@ -3,7 +3,10 @@
 A scene is a rectangular floor at ``z = 0`` (optionally four walls) and 4 to 12
 objects from 8 furniture classes (``CLASS_NAMES``), each a union of boxes and
 vertical cylinders with class-specific, realistic sizes in metres, standing on
-the floor with a random yaw. Objects are placed so that their *circumscribed
+the floor with a random yaw (or, with ``object_yaw="aligned"``, that yaw snapped to the
+nearest multiple of 90 degrees: furniture square to the room, the canonical pose a model
+trained without rotations learns and the ``per_object_z`` protocol then breaks).
+Objects are placed so that their *circumscribed
 footprint circles* (plus ``MARGIN``) are disjoint: no two objects overlap in the
 top view even after any independent rotation about their own vertical axes
 (the ``per_object_z`` protocol of ``geo3d.data.scene_protocols``).
@@ -181,12 +184,21 @@ class _Scene:
     camera: np.ndarray  # [3] viewpoint for occlusion
 
 
-def make_layout(rng: np.random.Generator) -> _Scene:
-    """Draw a scene: 4-12 objects, a room sized to hold them, non-overlapping placement, a viewpoint."""
+OBJECT_YAWS = ("random", "aligned")
+
+
+def make_layout(rng: np.random.Generator, object_yaw: str = "random") -> _Scene:
+    """Draw a scene: 4-12 objects, a room sized to hold them, non-overlapping placement, a viewpoint.
+
+    ``object_yaw="aligned"`` snaps each drawn yaw to the nearest multiple of pi/2; the
+    random stream is the same, so the room, objects and placement are those of ``"random"``.
+    """
     m = int(rng.integers(4, 13))
     label = rng.integers(0, NUM_CLASSES, m)
     objects = [make_object(int(k), rng) for k in label]
     yaw = rng.uniform(-math.pi, math.pi, m)
+    if object_yaw == "aligned":
+        yaw = np.remainder(np.round(yaw / (math.pi / 2)) * (math.pi / 2) + math.pi, 2 * math.pi) - math.pi
     radius = np.array([o.radius for o in objects])
     area = max(12.0, 2.2 * float(np.sum(np.pi * (radius + MARGIN) ** 2)))
     aspect = rng.uniform(1.0, 1.6)
@@ -414,10 +426,11 @@ def make_scene(
     occlusion: bool = False,
     walls: bool = False,
     noise: float = 0.003,
+    object_yaw: str = "random",
 ) -> Data:
     """Scene ``index`` of ``split``: the layout from ``(seed, split, index, 0)``, the points from ``(..., 1)``."""
     split_id = _SPLITS[split]
-    scene = make_layout(np.random.default_rng([seed, split_id, index, 0]))
+    scene = make_layout(np.random.default_rng([seed, split_id, index, 0]), object_yaw)
     rng = np.random.default_rng([seed, split_id, index, 1])
     return sample_scene(scene, num_points, rng, occlusion, walls, noise)
 
@@ -427,10 +440,19 @@ _FIELDS = ("pos", "normal", "semantic", "instance")
 
 
 def _build(
-    seed: int, split: str, num_scenes: int, num_points: int, occlusion: bool, walls: bool, noise: float
+    seed: int,
+    split: str,
+    num_scenes: int,
+    num_points: int,
+    occlusion: bool,
+    walls: bool,
+    noise: float,
+    object_yaw: str,
 ) -> dict[str, torch.Tensor]:
     """All scenes of a split as stacked tensors (boxes concatenated, ``box_ptr`` marks each scene's)."""
-    scenes = [make_scene(seed, split, k, num_points, occlusion, walls, noise) for k in range(num_scenes)]
+    scenes = [
+        make_scene(seed, split, k, num_points, occlusion, walls, noise, object_yaw) for k in range(num_scenes)
+    ]
     counts = torch.tensor([int(s.num_objects) for s in scenes], dtype=torch.long)
     data = {k: torch.stack([s[k] for s in scenes]) if scenes else torch.empty(0) for k in _FIELDS}
     data["semantic"] = data["semantic"].to(torch.int8)  # 4x smaller cache; long on access
@@ -453,6 +475,8 @@ class Rooms(Dataset):
         walls: add the four walls (inner faces, 2.4-2.8 m) to the background. Off by
             default: walls take most of an area-weighted budget away from the objects.
         noise: Gaussian noise in metres (truncated at 3 sigma); 0 gives exact surfaces.
+        object_yaw: ``"random"`` (uniform yaws) or ``"aligned"`` (the same yaws snapped to
+            multiples of 90 degrees; the same rooms otherwise).
         transform: applied to each ``Data`` on access.
         cache_dir: default ``$GEO3D_CACHE/rooms`` or ``~/.cache/geo3d/rooms``; ``""`` disables caching.
 
@@ -476,22 +500,27 @@ class Rooms(Dataset):
         occlusion: bool = False,
         walls: bool = False,
         noise: float = 0.003,
+        object_yaw: str = "random",
         transform: Callable[[Data], Data] | None = None,
         cache_dir: str | Path | None = None,
     ) -> None:
         if split not in _SPLITS:
             raise ValueError(f"Rooms: split must be train, val or test, got {split!r}")
+        if object_yaw not in OBJECT_YAWS:
+            raise ValueError(f"Rooms: object_yaw must be one of {OBJECT_YAWS}, got {object_yaw!r}")
         if num_points < 1 or num_scenes < 0:
             raise ValueError(
                 f"Rooms: need num_points >= 1 and num_scenes >= 0, got {num_points}, {num_scenes}"
             )
         self.split, self.transform = split, transform
         key = f"v{CACHE_VERSION}-{seed}-{split}-{num_scenes}-{num_points}-{occlusion}-{walls}-{noise}"
+        if object_yaw != "random":  # the random-yaw caches keep their names
+            key += f"-{object_yaw}"
         self.data = load_or_build(
             "rooms",
             key,
             cache_dir,
-            lambda: _build(seed, split, num_scenes, num_points, occlusion, walls, noise),
+            lambda: _build(seed, split, num_scenes, num_points, occlusion, walls, noise, object_yaw),
         )
 
     def __len__(self) -> int:

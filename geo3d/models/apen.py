@@ -130,7 +130,7 @@ DEFAULTS: dict[str, Any] = {
 }
 SAMPLING = ("never", "train", "always")
 # Recorded in the checkpoint's config by the training task, not used by the network.
-METADATA = ("train_rotation", "num_points", "arch")
+METADATA = ("train_rotation", "num_points", "arch", "object_yaw")
 
 
 def check_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -64,7 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "head_width": 128,
 }
 # Recorded in the checkpoint's config by the training task, not used by the network.
-METADATA = ("arch", "num_points", "train_rotation", "class_names", "occlusion")
+METADATA = ("arch", "num_points", "train_rotation", "class_names", "occlusion", "object_yaw")
 
 
 def check_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -64,7 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "vote_k": 32,
     "head_width": 128,
 }
-METADATA = ("arch", "num_points", "train_rotation", "class_names", "occlusion")
+METADATA = ("arch", "num_points", "train_rotation", "class_names", "occlusion", "object_yaw")
 EDGE_VECTORS = 3  # per grouped point: r_j, mean r, r_j x mean r
 # Flat, evenly sampled surfaces (the floor) give near-zero mean offsets and cross products; the paper's
 # VN batch norm scales every vector to BN(|x|) and blew their gradients up to ~1e5 (measured at the

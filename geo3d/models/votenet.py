@@ -53,7 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "vote_k": 16,
     "head_width": 128,
 }
-METADATA = ("arch", "num_points", "train_rotation", "class_names")
+METADATA = ("arch", "num_points", "train_rotation", "class_names", "object_yaw")
 
 
 class Seeds(NamedTuple):

@@ -72,6 +72,8 @@ class DataConfig(_Strict):
     num_scenes: int = Field(200, ge=1)
     val_scenes: int = Field(40, ge=1)
     occlusion: bool = False
+    # rooms: "aligned" snaps every object's yaw to a multiple of 90 degrees (same rooms otherwise)
+    object_yaw: Literal["random", "aligned"] = "random"
     cache_dir: str | None = None
     limit_train: int | None = Field(None, ge=1)
     limit_val: int | None = Field(None, ge=1)

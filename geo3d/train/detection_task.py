@@ -68,13 +68,7 @@ class DetectionTask:
         self.arch = cfg.model.get("arch", "votenet")
         if self.arch not in ARCHS:
             raise ValueError(f"model.arch: {self.arch!r} is not a detector ({', '.join(ARCHS)})")
-        if cfg.data.occlusion and "occlusion" not in _recorded_keys(self.arch):
-            # Evaluation rebuilds test scenes from the checkpoint's config: fail now rather than
-            # evaluate an occluded model on full scenes later.
-            raise ValueError(
-                f"data.occlusion: {self.arch!r} checkpoints cannot record it yet "
-                f"(add 'occlusion' to METADATA in geo3d/models/{self.arch}.py)"
-            )
+        check_scene_keys(cfg, self.arch)
 
     def datasets(self) -> tuple[Dataset, Dataset]:
         d = self.cfg.data
@@ -87,6 +81,7 @@ class DetectionTask:
             "seed": self.cfg.train.seed,
             "num_points": d.num_points,
             "occlusion": d.occlusion,
+            "object_yaw": d.object_yaw,
             "cache_dir": d.cache_dir,
         }
         train = Rooms("train", num_scenes=_capped(d.num_scenes, d.limit_train), transform=augment, **common)
@@ -105,8 +100,7 @@ class DetectionTask:
         config["num_points"] = self.cfg.data.num_points
         config["train_rotation"] = self.cfg.data.train_rotation
         config["class_names"] = list(CLASS_NAMES)
-        if self.cfg.data.occlusion:
-            config["occlusion"] = True
+        config.update(scene_keys(self.cfg))
         return config
 
     def build_model(self, model_config: dict[str, Any]) -> nn.Module:
@@ -143,6 +137,30 @@ def detection_metrics(
 
 def _capped(count: int, limit: int | None) -> int:
     return count if limit is None else min(count, limit)
+
+
+def scene_keys(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The ``Rooms`` options of ``cfg.data`` that differ from their defaults, for the model config.
+
+    Evaluation rebuilds the test scenes from a checkpoint's config, so a model trained on
+    occluded or aligned scenes is tested on such scenes.
+    """
+    keys: dict[str, Any] = {}
+    if cfg.data.occlusion:
+        keys["occlusion"] = True
+    if cfg.data.object_yaw != "random":
+        keys["object_yaw"] = cfg.data.object_yaw
+    return keys
+
+
+def check_scene_keys(cfg: ExperimentConfig, arch: str) -> None:
+    """Refuse, before training, scene options that ``arch``'s checkpoints cannot record."""
+    for key in scene_keys(cfg):
+        if key not in _recorded_keys(arch):
+            raise ValueError(
+                f"data.{key}: {arch!r} checkpoints cannot record it yet "
+                f"(add {key!r} to METADATA in geo3d/models/{arch}.py)"
+            )
 
 
 def _recorded_keys(arch: str) -> tuple[str, ...]:

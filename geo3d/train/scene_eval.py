@@ -159,8 +159,14 @@ def scene_metrics(
     return merged
 
 
-def rooms_test_split(config: dict[str, Any], num_scenes: int, cache_dir: str | Path | None = None) -> Rooms:
-    """The ``Rooms`` test split (seed :data:`TEST_SEED`) as a checkpoint's config says: points, occlusion."""
+def rooms_test_split(
+    config: dict[str, Any],
+    num_scenes: int,
+    cache_dir: str | Path | None = None,
+    object_yaw: str | None = None,
+) -> Rooms:
+    """The ``Rooms`` test split (seed :data:`TEST_SEED`) as a checkpoint's config says: points, occlusion,
+    object yaws (``object_yaw`` overrides the config's: test a model on other scenes than it was trained on)."""
     if "num_points" not in config:
         raise ValueError("the checkpoint's config has no 'num_points': not trained on Rooms scenes")
     return Rooms(
@@ -169,6 +175,7 @@ def rooms_test_split(config: dict[str, Any], num_scenes: int, cache_dir: str | P
         seed=TEST_SEED,
         num_points=int(config["num_points"]),
         occlusion=bool(config.get("occlusion", False)),
+        object_yaw=object_yaw or str(config.get("object_yaw", "random")),
         cache_dir=cache_dir,
     )
 
@@ -181,6 +188,7 @@ def evaluate_protocols(
     seed: int = 0,
     batch_size: int = 8,
     cache_dir: str | Path | None = None,
+    object_yaw: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """``{protocol: metrics}`` of a scene model on the Rooms test split moved under each protocol.
 
@@ -191,6 +199,8 @@ def evaluate_protocols(
         num_scenes: test scenes (the same scenes under every protocol).
         seed: seed of the protocols' rotations, and of any randomness in the model
             (APEN's sampled partitions), so a rerun gives the same numbers.
+        object_yaw: the test scenes' object yaws, ``"random"`` or ``"aligned"``; default: as
+            the model was trained (its config's ``object_yaw``).
 
     Raises:
         ValueError: an arch with no registered meters, an unknown protocol.
@@ -200,7 +210,7 @@ def evaluate_protocols(
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown:
         raise ValueError(f"unknown protocols {unknown}; choose from {', '.join(PROTOCOLS)} or 'all'")
-    test = rooms_test_split(model.geo3d_checkpoint["config"], num_scenes, cache_dir)
+    test = rooms_test_split(model.geo3d_checkpoint["config"], num_scenes, cache_dir, object_yaw)
     results = {}
     for protocol in protocols:
         with torch.random.fork_rng():  # the model's own randomness, seeded without leaking out

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from geo3d.data.rooms import NUM_CLASSES
 from geo3d.models.apen import apen_loss
 from geo3d.train.config import ExperimentConfig
-from geo3d.train.detection_task import DetectionTask
+from geo3d.train.detection_task import DetectionTask, check_scene_keys, scene_keys
 from geo3d.train.scene_eval import SEMANTIC_NAMES, SegmentationMeter, scene_metrics
 
 ARCHS = ("apen",)
@@ -50,8 +50,7 @@ class SceneSegmentationTask(DetectionTask):
         self.arch = model.get("arch", "apen")
         if self.arch not in ARCHS:
             raise ValueError(f"model.arch: {self.arch!r} is not a scene segmenter ({', '.join(ARCHS)})")
-        if cfg.data.occlusion:
-            raise ValueError("data.occlusion: scene segmentation checkpoints cannot record it yet")
+        check_scene_keys(cfg, self.arch)
 
     def model_config(self, train_set: Dataset) -> dict[str, Any]:
         config = copy.deepcopy(self.cfg.model)
@@ -59,6 +58,7 @@ class SceneSegmentationTask(DetectionTask):
         config.setdefault("num_classes", 1 + NUM_CLASSES)
         config["num_points"] = self.cfg.data.num_points
         config["train_rotation"] = self.cfg.data.train_rotation
+        config.update(scene_keys(self.cfg))
         return config
 
     def build_model(self, model_config: dict[str, Any]) -> nn.Module:

@@ -20,6 +20,7 @@ from geo3d.data.scene_protocols import PROTOCOLS
 from geo3d.data.transforms import random_rotation
 from geo3d.models.registry import build_model
 from geo3d.models.vn_detector import VNDetector
+from geo3d.nn.heads.frame_detection import frame_axis_loss, horizontal_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/detect_rooms_vn.yaml"
@@ -68,14 +69,15 @@ def test_seed_features_are_invariant_and_votes_equivariant_under_so3_and_transla
     eye, zero = torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
     gen = torch.Generator().manual_seed(5)
     with torch.no_grad():
-        pos, feat, vote, index = model.seeds(_moved(scenes, eye, zero))
+        pos, feat, vote, axis, index = model.seeds(_moved(scenes, eye, zero))
         for _ in range(2):
             rot = random_rotation("so3", gen).double()
             shift = torch.randn(3, generator=gen, dtype=torch.float64) * 3
-            pos2, feat2, vote2, index2 = model.seeds(_moved(scenes, rot, shift))
+            pos2, feat2, vote2, axis2, index2 = model.seeds(_moved(scenes, rot, shift))
             assert torch.equal(index, index2)  # the same seeds (FPS and grouping see distances only)
             assert (feat2 - feat).abs().max() <= 1e-9 * feat.abs().max()
             assert (vote @ rot.T + shift - vote2).abs().max() < 1e-8
+            assert (axis @ rot.T - axis2).abs().max() < 1e-8  # as the votes; a direction: no shift
             assert (pos @ rot.T + shift - pos2).abs().max() < 1e-10
     # the votes are not trivially the seeds: the model moves them
     assert (vote - pos).norm(dim=-1).mean() > 1e-3
@@ -118,8 +120,8 @@ def test_outputs_do_not_depend_on_point_order():
             t[key] = s[key][perm]
         shuffled.append(t)
     with torch.no_grad():
-        pos, feat, vote, _ = model.seeds(_moved(scenes, eye, zero))
-        pos2, feat2, vote2, _ = model.seeds(_moved(shuffled, eye, zero))
+        pos, feat, vote, _, _ = model.seeds(_moved(scenes, eye, zero))
+        pos2, feat2, vote2, _, _ = model.seeds(_moved(shuffled, eye, zero))
     assert torch.allclose(pos, pos2) and torch.allclose(feat, feat2, atol=1e-10)
     assert torch.allclose(vote, vote2, atol=1e-10)
 
@@ -127,6 +129,8 @@ def test_outputs_do_not_depend_on_point_order():
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="sa_widht"):
         VNDetector({"sa_widht": [[8]]})
+    with pytest.raises(ValueError, match="'heading_frame' must be one of"):
+        VNDetector({"heading_frame": "learnt"})
     with pytest.raises(ValueError, match="'sa_k' has 1 levels"):
         VNDetector({"sa_k": [16]})
     with pytest.raises(ValueError, match=r"'eval_proposals' \(512\) exceeds the 256 seeds"):
@@ -167,3 +171,19 @@ def test_train_three_steps_evaluate_every_protocol_and_detect(tmp_path):
     assert result.exit_code == 0, result.output
     boxes = json.loads(out.read_text())["boxes"]
     assert boxes and set(boxes[0]) == {"class", "score", "centre", "size", "yaw"}
+
+
+def test_axis_loss_and_learned_frame_by_hand():
+    """Axes along a box's yaw (either sign) cost 0, across it 2; the head's frame is their mean orientation."""
+    yaw = 0.4
+    gt = [torch.tensor([[0.0, 0.0, 0.5, 1.0, 2.0, 1.0, yaw]])]
+    along = torch.tensor([math.cos(yaw), math.sin(yaw), 0.7])
+    across = torch.tensor([-math.sin(yaw), math.cos(yaw), 0.0])
+    inst = torch.tensor([[0, 0, -1]])  # the background seed's axis does not count
+    axes = torch.stack([along * 2.0, -along, across])[None]
+    assert float(frame_axis_loss(axes, inst, gt)) < 1e-6
+    assert abs(float(frame_axis_loss(torch.stack([across, across, along])[None], inst, gt)) - 2.0) < 1e-6
+    # the frame of grouped axes: yaw modulo a half turn, whatever their lengths and signs
+    grouped = torch.stack([along * 3, -along * 0.1, along])[None, None]  # [B=1, P=1, k=3, 3]
+    phi = horizontal_frame(grouped, torch.zeros(1, 1, 3), torch.ones(1, 1, 3, dtype=torch.bool))
+    assert abs(float(torch.remainder(phi - yaw + math.pi / 2, math.pi) - math.pi / 2)) < 1e-6

@@ -12,7 +12,12 @@ by the neighbours' vector features from the level below. At the seeds:
 - the **vote** is ``seed_pos + o`` with ``o`` one vector channel of a VN map:
   equivariant, trained toward the object centre by VoteNet's vote loss;
 - the **feature** is invariant: the seed's vectors in a learned equivariant
-  frame (:class:`~geo3d.nn.vector_neurons.VNInvariant`), flattened, through an MLP.
+  frame (:class:`~geo3d.nn.vector_neurons.VNInvariant`), flattened, through an MLP;
+- with ``heading_frame: learned`` (the default) a second vector channel of the vote
+  map is the seed's **axis**, trained toward its object's yaw (modulo a half turn);
+  the head's per-proposal frame is the grouped seeds' mean axis, so the heading the
+  head predicts relative to it is near 0. ``pca``: the frame is the principal axis
+  of the grouped seeds (the head's fallback), whose headings stayed near chance.
 
 The head is :class:`~geo3d.nn.heads.frame_detection.FrameVoteHead` (it needs
 exactly invariant features and equivariant votes), trained with
@@ -63,7 +68,9 @@ DEFAULTS: dict[str, Any] = {
     "vote_radius": 0.3,
     "vote_k": 32,
     "head_width": 128,
+    "heading_frame": "learned",  # per-proposal frame: "learned" (seed axes) or "pca" (grouped seeds' spread)
 }
+HEADING_FRAMES = ("learned", "pca")
 METADATA = ("arch", "num_points", "train_rotation", "class_names", "occlusion", "object_yaw")
 EDGE_VECTORS = 3  # per grouped point: r_j, mean r, r_j x mean r
 # Flat, evenly sampled surfaces (the floor) give near-zero mean offsets and cross products; the paper's
@@ -90,6 +97,10 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("vn_detector config: 'fp_widths' needs at least 2 set-abstraction levels")
     if any(b > a for a, b in itertools.pairwise(cfg["sa_points"])):
         raise ValueError(f"vn_detector config: 'sa_points' must not increase, got {cfg['sa_points']}")
+    if cfg["heading_frame"] not in HEADING_FRAMES:
+        raise ValueError(
+            f"vn_detector config: 'heading_frame' must be one of {HEADING_FRAMES}, got {cfg['heading_frame']!r}"
+        )
     check_proposal_counts("vn_detector", cfg)
     seeds = cfg["sa_points"][-2] if cfg["fp_widths"] else cfg["sa_points"][-1]
     for key in ("num_proposals", "eval_proposals"):
@@ -169,7 +180,9 @@ class VNDetector(nn.Module):
             c = self.fp.out_channels
         if c < 4:
             raise ValueError(f"vn_detector config: the seeds need at least 4 vector channels, got {c}")
-        self.vote = nn.Sequential(VNLinearBNLeakyReLU(c, c, norm=NORM), VNLinear(c, 1))
+        # channel 0: the vote offset; channel 1 (learned frame): the seed's axis
+        self.learned_frame = cfg["heading_frame"] == "learned"
+        self.vote = nn.Sequential(VNLinearBNLeakyReLU(c, c, norm=NORM), VNLinear(c, 1 + self.learned_frame))
         self.invariant = VNInvariant(c, norm=NORM)
         self.feat = PointMLP(3 * c, [int(cfg["feat_width"])])
         self.head = FrameVoteHead(int(cfg["feat_width"]), **head_kwargs(cfg))
@@ -178,22 +191,23 @@ class VNDetector(nn.Module):
     def mean_sizes(self) -> Tensor:
         return self.head.mean_sizes
 
-    def seeds(self, data: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``seed_pos [B, S, 3]``, invariant ``seed_feat [B, S, F]``, equivariant ``seed_vote [B, S, 3]``,
-        ``seed_index [B, S]`` (into ``data.pos``)."""
+    def seeds(self, data: Any) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
+        """``seed_pos [B, S, 3]``, invariant ``seed_feat [B, S, F]``, equivariant ``seed_vote [B, S, 3]``
+        and ``seed_axis [B, S, 3]`` (None with the PCA frame), ``seed_index [B, S]`` (into ``data.pos``)."""
         levels = abstraction_levels(self.levels, data.pos, None, scene_ptr(data))
         if self.fp is None:
             pos, h, index = levels[-1]
         else:
             (pos, fine, index), (coarse_pos, coarse, _) = levels[-2], levels[-1]
             h = self.fp(pos, fine, coarse_pos, coarse)  # [B, S, C, 3]
-        vote = pos + self.vote(h)[..., 0, :]
+        v = self.vote(h)  # [B, S, 1 or 2, 3]
+        axis = v[..., 1, :] if self.learned_frame else None
         inv, _ = self.invariant(h)  # [B, S, C, 3]
-        return pos, self.feat(inv.flatten(-2)), vote, index
+        return pos, self.feat(inv.flatten(-2)), pos + v[..., 0, :], axis, index
 
     def forward(self, data: Any) -> dict[str, Tensor]:
-        pos, feat, vote, index = self.seeds(data)
-        return {**self.head(pos, feat, vote), "seed_index": index}
+        pos, feat, vote, axis, index = self.seeds(data)
+        return {**self.head(pos, feat, vote, axis), "seed_index": index}
 
     def decode(self, outputs: dict[str, Tensor], **kwargs: Any) -> list[dict[str, Tensor]]:
         """Boxes per scene (:func:`~geo3d.nn.heads.frame_detection.decode_frame_detections`)."""

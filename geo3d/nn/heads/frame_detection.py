@@ -18,15 +18,20 @@ with three changes:
    sign ambiguity), never world coordinates. The box centre is a softmax-weighted
    mean of the grouped votes (weights from the invariant features), an affine
    combination of equivariant points, so it moves with them.
-3. **Headings are relative to a per-proposal frame.** The frame is the major
-   horizontal principal axis of the grouped seeds (the points whose votes make
-   up the proposal): ``phi = atan2(2 c_xy, c_xx - c_yy) / 2`` of their xy
-   covariance about the proposal centre. It turns with the object about the
-   vertical, and is defined modulo a half turn (the sign ambiguity of a PCA
-   axis). The head predicts the heading relative to it, modulo a half turn
-   (``num_heading_bins`` bins over ``[0, pi)``), and decoding returns
-   ``yaw = phi + relative``. A yaw box is the same box after a half turn, so
-   boxes and IoU lose nothing; the front/back of an object is not predicted.
+3. **Headings are relative to a per-proposal frame**, an angle ``phi`` defined
+   modulo a half turn that turns with the object about the vertical. With
+   ``seed_axis`` (an equivariant vector per seed, trained toward its object's
+   yaw by :func:`frame_axis_loss`) it is the mean orientation of the grouped
+   seeds' axes (doubled-angle average of their horizontal parts: the axis
+   ``v`` and ``-v`` agree). Without it, the major horizontal principal axis of
+   the grouped seeds (``atan2(2 c_xy, c_xx - c_yy) / 2`` of their xy covariance
+   about the proposal centre); measured on Rooms, a dozen seeds' PCA axis is
+   spread over all headings relative to the box (even with only the object's own
+   seeds), so the heading classifier stays near chance. The head predicts the
+   heading relative to ``phi``, modulo a half turn (``num_heading_bins`` bins
+   over ``[0, pi)``), and decoding returns ``yaw = phi + relative``. A yaw box
+   is the same box after a half turn, so boxes and IoU lose nothing; the
+   front/back of an object is not predicted.
 
 Exactness: a rotation about the vertical plus a translation of the seeds and
 their votes (same seeds, no FPS ties) moves the box centres with them, keeps
@@ -66,6 +71,7 @@ from geo3d.nn.heads.detection import (
 )
 
 GEOMETRY = 5  # per grouped vote: distance to the proposal centre, |u_x|, |u_y|, u_x u_y, u_z
+AXIS_WEIGHT = 1.0  # of frame_axis_loss in frame_detection_loss (the heading CE's weight there)
 
 
 def horizontal_frame(points: Tensor, centre: Tensor, weight: Tensor) -> Tensor:
@@ -74,6 +80,8 @@ def horizontal_frame(points: Tensor, centre: Tensor, weight: Tensor) -> Tensor:
     ``points [..., k, 3]``, ``centre [..., 3]``, ``weight [..., k]`` (0/1). The
     angle is ``atan2(2 c_xy, c_xx - c_yy) / 2`` of the xy second moments, in
     ``(-pi/2, pi/2]``: it turns with the points about z and is defined modulo pi.
+    With ``centre = 0`` and axis vectors as ``points`` it is their mean orientation,
+    each axis weighted by its squared horizontal length.
     """
     d = (points - centre[..., None, :])[..., :2].detach()
     w = weight.to(d.dtype)
@@ -102,9 +110,11 @@ class FrameVoteHead(nn.Module):
             :func:`~geo3d.nn.heads.detection.proposal_count`).
 
     Shapes:
-        forward(seed_pos ``[B, S, 3]``, seed_feat ``[B, S, C]``, seed_vote ``[B, S, 3]``) -> dict
-        with the keys of :class:`~geo3d.nn.heads.detection.DetectionHead` (``vote_pos`` is
-        ``seed_vote``; ``heading_*`` are relative) plus ``heading_frame [B, P]`` (radians).
+        forward(seed_pos ``[B, S, 3]``, seed_feat ``[B, S, C]``, seed_vote ``[B, S, 3]``,
+        seed_axis ``[B, S, 3]`` or None) -> dict with the keys of
+        :class:`~geo3d.nn.heads.detection.DetectionHead` (``vote_pos`` is ``seed_vote``;
+        ``heading_*`` are relative) plus ``heading_frame [B, P]`` (radians) and, when
+        given, ``seed_axis``.
     """
 
     def __init__(
@@ -144,13 +154,18 @@ class FrameVoteHead(nn.Module):
             f"vote_k={self.vote_k}"
         )
 
-    def forward(self, seed_pos: Tensor, seed_feat: Tensor, seed_vote: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self, seed_pos: Tensor, seed_feat: Tensor, seed_vote: Tensor, seed_axis: Tensor | None = None
+    ) -> dict[str, Tensor]:
         b, s, _ = seed_pos.shape
-        if seed_feat.shape[:2] != (b, s) or seed_vote.shape != seed_pos.shape:
-            raise ValueError(
-                f"seed_feat {tuple(seed_feat.shape)} / seed_vote {tuple(seed_vote.shape)} do not match "
-                f"seed_pos {tuple(seed_pos.shape)}"
-            )
+        if (
+            seed_feat.shape[:2] != (b, s)
+            or seed_vote.shape != seed_pos.shape
+            or (seed_axis is not None and seed_axis.shape != seed_pos.shape)
+        ):
+            shapes = {"seed_feat": seed_feat, "seed_vote": seed_vote, "seed_axis": seed_axis}
+            given = ", ".join(f"{k} {tuple(v.shape)}" for k, v in shapes.items() if v is not None)
+            raise ValueError(f"{given} do not match seed_pos {tuple(seed_pos.shape)}")
         p = proposal_count(self, s)
         vote_feat = F.normalize(seed_feat + self.feat_out(self.feat_mlp(seed_feat)), dim=-1)
 
@@ -165,7 +180,10 @@ class FrameVoteHead(nn.Module):
         k = nbr.shape[-1]
         valid = (nbr != nbr[..., :1]) | (torch.arange(k, device=nbr.device) == 0)
 
-        phi = horizontal_frame(points, agg_pos, valid)  # [B, P]
+        if seed_axis is None:
+            phi = horizontal_frame(points, agg_pos, valid)  # [B, P]
+        else:
+            phi = horizontal_frame(gather_points(seed_axis, nbr), torch.zeros_like(agg_pos), valid)
         c, sn = torch.cos(phi)[..., None], torch.sin(phi)[..., None]
         off = points - agg_pos[:, :, None]
         ux, uy = c * off[..., 0] + sn * off[..., 1], -sn * off[..., 0] + c * off[..., 1]
@@ -179,7 +197,9 @@ class FrameVoteHead(nn.Module):
         centre = (weight[..., None] * votes).sum(2)
 
         out = self.proposal_out(self.proposal_mlp(pooled))  # [B, P, 2 + 2NH + 5NC]
+        axis = {} if seed_axis is None else {"seed_axis": seed_axis}
         return {
+            **axis,
             "seed_pos": seed_pos,
             "vote_pos": seed_vote,
             "aggregated_pos": agg_pos,
@@ -243,6 +263,28 @@ def frame_heading_loss(outputs: dict[str, Tensor], gt_boxes: Sequence[Tensor]) -
     return torch.stack(ce).sum() / count, torch.stack(reg).sum() / count
 
 
+def frame_axis_loss(seed_axis: Tensor, seed_instance: Tensor, gt_boxes: Sequence[Tensor]) -> Tensor:
+    """Mean of ``1 - cos 2(theta - yaw)`` over object seeds: their axes against their boxes' yaws.
+
+    ``seed_axis [B, S, 3]`` (horizontal angle ``theta``; its length does not
+    matter), ``seed_instance [B, S]`` (index into ``gt_boxes[b]``, -1 background).
+    Doubled angles: the axis is defined modulo a half turn, as are box yaws.
+    """
+    losses = []
+    for i, gt in enumerate(gt_boxes):
+        member = seed_instance[i] >= 0
+        if len(gt) == 0 or not bool(member.any()):
+            continue
+        v = seed_axis[i, member, :2]
+        yaw = gt.to(v)[seed_instance[i, member].long(), 6]
+        cos2 = (v[:, 0] ** 2 - v[:, 1] ** 2) / (v.pow(2).sum(-1) + 1e-12)
+        sin2 = 2 * v[:, 0] * v[:, 1] / (v.pow(2).sum(-1) + 1e-12)
+        losses.append(1 - cos2 * torch.cos(2 * yaw) - sin2 * torch.sin(2 * yaw))
+    if not losses:
+        return seed_axis.sum() * 0
+    return torch.cat(losses).mean()
+
+
 def frame_detection_loss(
     outputs: dict[str, Tensor],
     gt_boxes: Sequence[Tensor],
@@ -254,7 +296,9 @@ def frame_detection_loss(
 
     The world-frame heading terms of ``detection_loss`` are computed on constant
     zero logits (no gradient) and swapped for :func:`frame_heading_loss`, with
-    the same weights (``10 * (0.1 heading_cls + heading_reg)``).
+    the same weights (``10 * (0.1 heading_cls + heading_reg)``). With a learned
+    frame (``seed_axis`` in the outputs, and ``seed_instance`` given) the total adds
+    ``AXIS_WEIGHT *`` :func:`frame_axis_loss` (part ``axis``).
     """
     neutral = dict(outputs)
     neutral["heading_logits"] = torch.zeros_like(outputs["heading_logits"]).detach()
@@ -264,4 +308,8 @@ def frame_detection_loss(
     total = total - 10 * (0.1 * parts["heading_cls"] + parts["heading_reg"])
     total = total + 10 * (0.1 * heading_cls + heading_reg)
     parts["heading_cls"], parts["heading_reg"] = float(heading_cls.detach()), float(heading_reg.detach())
+    if "seed_axis" in outputs and seed_instance is not None:
+        axis = frame_axis_loss(outputs["seed_axis"], seed_instance.to(outputs["seed_axis"].device), gt_boxes)
+        total = total + AXIS_WEIGHT * axis
+        parts["axis"] = float(axis.detach())
     return total, parts

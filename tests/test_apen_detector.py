@@ -70,6 +70,12 @@ def test_config_errors_name_the_key():
         APENDetector({"num_seeds": 8, "num_proposals": 16})
     with pytest.raises(ValueError, match="mean_sizes"):
         APENDetector({"num_classes": 2, "mean_sizes": [[1.0, 1.0, 1.0]]})
+    with pytest.raises(ValueError, match="'heading_frame' must be one of"):
+        APENDetector({"heading_frame": "axis"})
+    with pytest.raises(ValueError, match=r"vec_channels\[-1\] >= 1"):
+        APENDetector(
+            {**SMALL, "heading_frame": "learned", "backbone": {**SMALL["backbone"], "vec_channels": [2, 0]}}
+        )
     model = build_model("apen_detector", {**SMALL, "num_points": 512, "class_names": ["a"] * 8})
     assert model.backbone.seg_head.out_features == 9  # background + the 8 object classes
     cfg = load_config(CONFIG)
@@ -125,21 +131,25 @@ def test_per_object_motions_move_seed_votes_and_keep_logits_given_the_true_parti
         centre, shift = scene.boxes[j, :3].double(), torch.randn(3, generator=gen, dtype=torch.float64)
         moved[sel] = (pos[sel] - centre) @ rot.T + centre + shift
         motions[j] = (rot, centre, shift)
-    model = APENDetector(SMALL).eval()
+    model = APENDetector({**SMALL, "heading_frame": "learned"}).eval()
     part = inst + 1  # the true partition: background is one part, every object another
     with torch.no_grad():
         a = model(_batch([_with_pos(scene, pos)]), partition=part)
         b = model(_batch([_with_pos(scene, moved)]), partition=part)
     assert torch.equal(a["seed_index"], b["seed_index"])
     want = a["vote_pos"][0].double().clone()
+    want_axis = a["seed_axis"][0].double().clone()  # learned heading frame: turns, does not shift
     for j, (rot, centre, shift) in motions.items():
         sel = inst == j
         want[sel] = (want[sel] - centre) @ rot.T + centre + shift
+        want_axis[sel] = want_axis[sel] @ rot.T
     vote_err = (want - b["vote_pos"][0].double()).abs().max().item()
+    axis_err = (want_axis - b["seed_axis"][0].double()).abs().max().item()
     logit_err = (a["seg_logits"] - b["seg_logits"]).abs().max().item()
     feat_err = (a["feat"] - b["feat"]).abs().max().item()
-    print(f"votes {vote_err:.1e} seg logits {logit_err:.1e} features {feat_err:.1e}")
-    assert max(vote_err, logit_err, feat_err) < 1e-4
+    print(f"votes {vote_err:.1e} axes {axis_err:.1e} seg logits {logit_err:.1e} features {feat_err:.1e}")
+    assert max(vote_err, axis_err, logit_err, feat_err) < 1e-4
+    assert a["seed_axis"].abs().max() > 1e-3
     assert a["seg_logits"].abs().max() > 1e-3 and (a["vote_pos"] - b["vote_pos"]).abs().max() > 0.1
 
 

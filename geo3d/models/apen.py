@@ -554,7 +554,9 @@ class APEN(nn.Module):
             dict with ``feat [N, H]`` (invariant per-point features),
             ``seg_logits [N, num_classes]``, ``scene_logits [B, num_scene_classes]``
             (only when ``num_scene_classes > 0``), ``votes`` (one ``[N, 3]`` per
-            block), ``vote [N, 3]`` (the last block's), ``partitions`` (the ``[N]``
+            block), ``vote [N, 3]`` (the last block's), ``axis [N, 3]`` (the first
+            vector the last block passes on, equivariant per part: a detector's
+            learned heading frame; None when it passes none), ``partitions`` (the ``[N]``
             part ids each block and the decoder used), ``partition [N]`` (the
             decoder's), ``part_batch [P]`` (cloud of each final part) and
             ``num_parts [B]``.
@@ -578,6 +580,7 @@ class APEN(nn.Module):
         partitions, votes, prev = [part], [], None
         for i, block in enumerate(self.blocks):
             inv, vec, _ = self._stage(block, pos, normal, part, len(part_batch), prev)
+            axis = vec[:, 1] if vec.shape[1] > 1 else None
             vote = pos + vec[:, 0]
             votes.append(vote)
             prev = (inv, vec[:, 1:])
@@ -590,6 +593,7 @@ class APEN(nn.Module):
             "seg_logits": self.seg_head(feat),
             "votes": votes,
             "vote": votes[-1],
+            "axis": axis,
             "partitions": partitions,
             "partition": part,
             "part_batch": part_batch,
@@ -624,7 +628,8 @@ class APEN(nn.Module):
             ``seed_idx [B, S]`` (into the batch's points), ``seed_pos [B, S, 3]``,
             ``seed_feat [B, S, H]`` (invariant under a rigid motion of the seed's
             part), ``seed_vote [B, S, 3]`` (the last block's vote for the seed's
-            part centre, equivariant).
+            part centre, equivariant), ``seed_axis [B, S, 3]`` (the last block's
+            first passed-on vector, equivariant; absent without one).
         """
         out = self(data, generator=generator) if out is None else out
         pos, batch, num_graphs = _graph_inputs(data)
@@ -644,6 +649,7 @@ class APEN(nn.Module):
             "seed_pos": pos[idx],
             "seed_feat": out["feat"][idx],
             "seed_vote": out["vote"][idx],
+            **({} if out["axis"] is None else {"seed_axis": out["axis"][idx]}),
         }
 
 

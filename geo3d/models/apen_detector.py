@@ -49,7 +49,7 @@ from geo3d.models.apen import APEN
 from geo3d.models.apen import check_config as check_apen_config
 from geo3d.models.registry import register_architecture
 from geo3d.nn.heads.detection import check_proposal_counts, fill_mean_sizes, head_kwargs
-from geo3d.nn.heads.frame_detection import FrameVoteHead, decode_frame_detections
+from geo3d.nn.heads.frame_detection import HEADING_FRAMES, FrameVoteHead, decode_frame_detections
 
 DEFAULTS: dict[str, Any] = {
     "backbone": {},  # APEN config (geo3d.models.apen.DEFAULTS); num_classes defaults to 1 + num_classes
@@ -62,6 +62,10 @@ DEFAULTS: dict[str, Any] = {
     "vote_radius": 0.3,
     "vote_k": 32,
     "head_width": 128,
+    # per-proposal heading frame: "pca" (the grouped seeds' principal axis; what apen-rooms shipped with)
+    # or "learned" (the mean of the seeds' axes: APEN's first passed-on vector of its last block,
+    # trained toward the box yaw by frame_axis_loss)
+    "heading_frame": "pca",
 }
 # Recorded in the checkpoint's config by the training task, not used by the network.
 METADATA = ("arch", "num_points", "train_rotation", "class_names", "occlusion", "object_yaw")
@@ -78,6 +82,10 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
             f"apen_detector config: 'backbone' must be a mapping of APEN keys, got {cfg['backbone']!r}"
         )
     check_proposal_counts("apen_detector", cfg)
+    if cfg["heading_frame"] not in HEADING_FRAMES:
+        raise ValueError(
+            f"apen_detector config: 'heading_frame' must be one of {HEADING_FRAMES}, got {cfg['heading_frame']!r}"
+        )
     for key in ("num_classes", "num_heading_bins", "vote_k", "head_width"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise ValueError(f"apen_detector config: '{key}' must be an integer >= 1, got {cfg[key]!r}")
@@ -95,6 +103,11 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
         cfg["backbone"] = check_apen_config(backbone)
     except ValueError as exc:
         raise ValueError(f"apen_detector config: 'backbone': {exc}") from exc
+    if cfg["heading_frame"] == "learned" and cfg["backbone"]["vec_channels"][-1] < 1:
+        raise ValueError(
+            "apen_detector config: 'heading_frame: learned' needs a vector the last APEN block passes on "
+            f"(backbone vec_channels[-1] >= 1, got {cfg['backbone']['vec_channels']})"
+        )
     return cfg
 
 
@@ -147,6 +160,7 @@ class APENDetector(nn.Module):
             "seed_pos": pos.reshape(b, n, 3),
             "seed_feat": out["feat"].reshape(b, n, -1),
             "seed_vote": out["vote"].reshape(b, n, 3),
+            **({} if out["axis"] is None else {"seed_axis": out["axis"].reshape(b, n, 3)}),
         }
 
     def forward(
@@ -170,7 +184,8 @@ class APENDetector(nn.Module):
             seeds = self._all_point_seeds(data, out)
         else:
             seeds = self.backbone.seeds(data, self.num_seeds, out=out)
-        det = self.head(seeds["seed_pos"], seeds["seed_feat"], seeds["seed_vote"])
+        axis = seeds.get("seed_axis") if self.config["heading_frame"] == "learned" else None
+        det = self.head(seeds["seed_pos"], seeds["seed_feat"], seeds["seed_vote"], axis)
         return {**out, **det, "seed_index": seeds["seed_idx"]}
 
     def decode(self, outputs: dict[str, Tensor], **kwargs: Any) -> list[dict[str, Tensor]]:

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from geo3d.models.registry import register_architecture
 from geo3d.models.votenet import abstraction_levels, ball_group, interpolate, scene_ptr
 from geo3d.nn.heads.detection import PointMLP, check_proposal_counts, fill_mean_sizes, head_kwargs
-from geo3d.nn.heads.frame_detection import FrameVoteHead, decode_frame_detections
+from geo3d.nn.heads.frame_detection import HEADING_FRAMES, FrameVoteHead, decode_frame_detections
 from geo3d.nn.vector_neurons import VNInvariant, VNLinear, VNLinearBNLeakyReLU, VNMaxPool
 
 DEFAULTS: dict[str, Any] = {
@@ -70,7 +70,6 @@ DEFAULTS: dict[str, Any] = {
     "head_width": 128,
     "heading_frame": "learned",  # per-proposal frame: "learned" (seed axes) or "pca" (grouped seeds' spread)
 }
-HEADING_FRAMES = ("learned", "pca")
 METADATA = ("arch", "num_points", "train_rotation", "class_names", "occlusion", "object_yaw")
 EDGE_VECTORS = 3  # per grouped point: r_j, mean r, r_j x mean r
 # Flat, evenly sampled surfaces (the floor) give near-zero mean offsets and cross products; the paper's

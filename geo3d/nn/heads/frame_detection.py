@@ -72,7 +72,7 @@ from geo3d.nn.heads.detection import (
 
 GEOMETRY = 5  # per grouped vote: distance to the proposal centre, |u_x|, |u_y|, u_x u_y, u_z
 HEADING_FRAMES = ("learned", "pca")  # per-proposal frame: the seeds' learned axes, or their PCA axis
-AXIS_WEIGHT = 1.0  # of frame_axis_loss in frame_detection_loss (the heading CE's weight there)
+AXIS_WEIGHT = 10.0  # of frame_axis_loss in frame_detection_loss: as the vote term (10 x L1 metres)
 
 
 def horizontal_frame(points: Tensor, centre: Tensor, weight: Tensor) -> Tensor:

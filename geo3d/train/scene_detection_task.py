@@ -86,7 +86,8 @@ class SceneDetectionSegmentationTask(DetectionTask):
             "ce": float(apen["seg_loss"].detach()),
             "acc": acc,
         }
-        logs.update({k: parts[k] for k in ("objectness", "center", "heading_cls", "size_cls", "sem_cls")})
+        keys = ("objectness", "center", "heading_cls", "size_cls", "sem_cls", "axis")  # axis: learned frames
+        logs.update({k: parts[k] for k in keys if k in parts})
         return total, logs
 
     def evaluate(self, model: nn.Module, val_set: Dataset) -> dict[str, float]:

@@ -35,6 +35,7 @@ TINY = {
     "num_proposals": 16,
     "vote_k": 8,
     "head_width": 32,
+    "heading_frame": "learned",  # the seeds' axes are checked with the votes
 }
 
 

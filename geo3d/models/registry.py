@@ -132,6 +132,13 @@ SHIPPED: dict[str, ShippedModel] = {
         "VoteNet-style detector (PointNet++ backbone, not equivariant) on procedural Rooms scenes "
         "(configs/detect_rooms_votenet.yaml)",
     ),
+    "votenet-rooms-aligned": ShippedModel(
+        "votenet-rooms-aligned",
+        "votenet-rooms-aligned.pt",
+        "3d-detection",
+        "The VoteNet baseline trained on Rooms scenes with furniture square to the room and no rotations "
+        "(configs/detect_rooms_votenet_aligned.yaml): what per-object yaws cost a non-equivariant model",
+    ),
     "xtb-organic": ShippedModel(
         "xtb-organic",
         "xtb-organic.pt",

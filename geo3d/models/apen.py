@@ -580,7 +580,6 @@ class APEN(nn.Module):
         partitions, votes, prev = [part], [], None
         for i, block in enumerate(self.blocks):
             inv, vec, _ = self._stage(block, pos, normal, part, len(part_batch), prev)
-            axis = vec[:, 1] if vec.shape[1] > 1 else None
             vote = pos + vec[:, 0]
             votes.append(vote)
             prev = (inv, vec[:, 1:])
@@ -588,6 +587,7 @@ class APEN(nn.Module):
                 part, part_batch = self.repartition(vote, batch, num_graphs, part, part_batch, i, generator)
             partitions.append(part)
         _, _, feat = self._stage(self.decoder, pos, normal, part, len(part_batch), prev)
+        axis = vec[:, 1] if vec.shape[1] > 1 else None  # the last block's first passed-on vector
         out: dict[str, Any] = {
             "feat": feat,
             "seg_logits": self.seg_head(feat),

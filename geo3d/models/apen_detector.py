@@ -49,7 +49,7 @@ from geo3d.models.apen import APEN
 from geo3d.models.apen import check_config as check_apen_config
 from geo3d.models.registry import register_architecture
 from geo3d.nn.heads.detection import check_proposal_counts, fill_mean_sizes, head_kwargs
-from geo3d.nn.heads.frame_detection import HEADING_FRAMES, FrameVoteHead, decode_frame_detections
+from geo3d.nn.heads.frame_detection import FrameVoteHead, check_heading_frame, decode_frame_detections
 
 DEFAULTS: dict[str, Any] = {
     "backbone": {},  # APEN config (geo3d.models.apen.DEFAULTS); num_classes defaults to 1 + num_classes
@@ -82,10 +82,7 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
             f"apen_detector config: 'backbone' must be a mapping of APEN keys, got {cfg['backbone']!r}"
         )
     check_proposal_counts("apen_detector", cfg)
-    if cfg["heading_frame"] not in HEADING_FRAMES:
-        raise ValueError(
-            f"apen_detector config: 'heading_frame' must be one of {HEADING_FRAMES}, got {cfg['heading_frame']!r}"
-        )
+    check_heading_frame("apen_detector", cfg)
     for key in ("num_classes", "num_heading_bins", "vote_k", "head_width"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise ValueError(f"apen_detector config: '{key}' must be an integer >= 1, got {cfg[key]!r}")

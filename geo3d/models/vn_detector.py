@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from geo3d.models.registry import register_architecture
 from geo3d.models.votenet import abstraction_levels, ball_group, interpolate, scene_ptr
 from geo3d.nn.heads.detection import PointMLP, check_proposal_counts, fill_mean_sizes, head_kwargs
-from geo3d.nn.heads.frame_detection import HEADING_FRAMES, FrameVoteHead, decode_frame_detections
+from geo3d.nn.heads.frame_detection import FrameVoteHead, check_heading_frame, decode_frame_detections
 from geo3d.nn.vector_neurons import VNInvariant, VNLinear, VNLinearBNLeakyReLU, VNMaxPool
 
 DEFAULTS: dict[str, Any] = {
@@ -98,10 +98,7 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("vn_detector config: 'fp_widths' needs at least 2 set-abstraction levels")
     if any(b > a for a, b in itertools.pairwise(cfg["sa_points"])):
         raise ValueError(f"vn_detector config: 'sa_points' must not increase, got {cfg['sa_points']}")
-    if cfg["heading_frame"] not in HEADING_FRAMES:
-        raise ValueError(
-            f"vn_detector config: 'heading_frame' must be one of {HEADING_FRAMES}, got {cfg['heading_frame']!r}"
-        )
+    check_heading_frame("vn_detector", cfg)
     check_proposal_counts("vn_detector", cfg)
     seeds = cfg["sa_points"][-2] if cfg["fp_widths"] else cfg["sa_points"][-1]
     for key in ("num_proposals", "eval_proposals"):

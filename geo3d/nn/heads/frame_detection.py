@@ -75,6 +75,14 @@ HEADING_FRAMES = ("learned", "pca")  # per-proposal frame: the seeds' learned ax
 AXIS_WEIGHT = 10.0  # of frame_axis_loss in frame_detection_loss: as the vote term (10 x L1 metres)
 
 
+def check_heading_frame(model: str, cfg: dict) -> None:
+    """Raises ``ValueError`` naming the model unless ``cfg["heading_frame"]`` is one of :data:`HEADING_FRAMES`."""
+    if cfg["heading_frame"] not in HEADING_FRAMES:
+        raise ValueError(
+            f"{model} config: 'heading_frame' must be one of {HEADING_FRAMES}, got {cfg['heading_frame']!r}"
+        )
+
+
 def horizontal_frame(points: Tensor, centre: Tensor, weight: Tensor) -> Tensor:
     """Angle ``[...]`` of the major horizontal principal axis of weighted points about ``centre``.
 
@@ -278,8 +286,8 @@ def frame_axis_loss(seed_axis: Tensor, seed_instance: Tensor, gt_boxes: Sequence
             continue
         v = seed_axis[i, member, :2]
         yaw = gt.to(v)[seed_instance[i, member].long(), 6]
-        cos2 = (v[:, 0] ** 2 - v[:, 1] ** 2) / (v.pow(2).sum(-1) + 1e-12)
-        sin2 = 2 * v[:, 0] * v[:, 1] / (v.pow(2).sum(-1) + 1e-12)
+        sq = v.pow(2).sum(-1) + 1e-12
+        cos2, sin2 = (v[:, 0] ** 2 - v[:, 1] ** 2) / sq, 2 * v[:, 0] * v[:, 1] / sq
         losses.append(1 - cos2 * torch.cos(2 * yaw) - sin2 * torch.sin(2 * yaw))
     if not losses:
         return seed_axis.sum() * 0

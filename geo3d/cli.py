@@ -218,7 +218,8 @@ def evaluate(
     protocol: str = typer.Option(
         "",
         "--protocol",
-        help="Shapes: 'all' tests under z and SO(3) (keys 'TRAIN/TEST', e.g. 'z/so3'). "
+        help="Shapes: 'all' tests under z and SO(3) (keys 'TRAIN/TEST', e.g. 'z/so3'); part segmenters "
+        "also on Articulated shapes, every part turned about its joint (keys 'TRAIN/TEST+articulated'). "
         "Scene models: 'all' or one of canonical, scene_z, per_object_z, scene_so3 (default canonical).",
     ),
     per_class: int = typer.Option(
@@ -252,6 +253,7 @@ def evaluate(
     if object_yaw is not None:
         _fail("--object-yaw applies to Rooms scene models only")
 
+    from geo3d.data.articulated import Articulated
     from geo3d.data.shapes import Shapes
     from geo3d.data.transforms import RandomRotate
     from geo3d.train.pointcloud_task import ARCHS, SEG_ARCHS, classification_metrics, segmentation_metrics
@@ -279,6 +281,10 @@ def evaluate(
             "test", per_class, int(config.get("num_points", 1024)), transform=transform, difficulty=difficulty
         )
         results[f"{train_rot}/{rot}"] = metric_fn(net, test)
+        if arch in SEG_ARCHS and protocol == "all" and difficulty == "standard":
+            # the same classes with every part turned about its joint: piecewise, not global, motion
+            moved = Articulated("test", per_class, int(config.get("num_points", 1024)), transform=transform)
+            results[f"{train_rot}/{rot}+articulated"] = metric_fn(net, moved)
     if as_json:
         print(json.dumps(results))
         return

@@ -151,6 +151,13 @@ def test_segmentation_train_evaluate_and_miou_convention(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout.strip().splitlines()[-1])["z/so3"]
     assert set(metrics) == {"instance_miou", "class_miou"}
+    result = CliRunner().invoke(
+        app, ["evaluate", "--model", str(best), "--protocol", "all", "--per-class", "1", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    every = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(every) == {"z/z", "z/so3", "z/z+articulated", "z/so3+articulated"}
+    assert every["z/z"] != every["z/z+articulated"]  # other shapes: the parts moved
 
     class Oracle(torch.nn.Module):  # predicts the truth: mIoU must be exactly 1
         def forward(self, data):

@@ -10,8 +10,9 @@ Choices where the paper and code leave room (listed here, kept in the config):
 - the last layer drops the vector output projection instead of using a
   separate single-linear gate (the vectors after it only feed the coordinate head).
 
-The vector messages run in plain torch: the tensor-product op of geo3d.ops is not
-built yet (issue 4); swap it in once it is measured faster.
+The vector messages run through the fused tensor-product conv of geo3d.ops
+(:class:`geo3d.nn.eqgat.VectorMessages`), measured faster than plain torch in
+``benchmarks/eqgat_vector_messages.py``.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ ARCHITECTURE_MODULES: list[str] = [
     "geo3d.models.votenet",
     "geo3d.models.vn_detector",
     "geo3d.models.apen",
+    "geo3d.models.apen_part_seg",
     "geo3d.models.apen_detector",
 ]
 

@@ -15,7 +15,7 @@ from geo3d.data.transforms import Compose, RandomRotate, RandomScaleJitter
 from geo3d.train.config import ExperimentConfig
 
 ARCHS = ("tinvnn", "tinvnn_dgcnn", "dgcnn", "vn_dgcnn", "parot")
-SEG_ARCHS = ("tinvnn_seg", "parot_seg")
+SEG_ARCHS = ("tinvnn_seg", "parot_seg", "apen_seg")
 
 
 def with_aux_loss(model: nn.Module, loss: torch.Tensor, parts: dict) -> tuple[torch.Tensor, dict]:

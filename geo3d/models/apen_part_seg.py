@@ -1,0 +1,90 @@
+"""APEN for part segmentation of single shapes (ShapeNetPart style, category given).
+
+The paper's own setting (DFaust: body parts that move on their own), here on
+``geo3d.data.Shapes`` / ``Articulated``: the backbone is :class:`geo3d.models.apen.APEN`
+with one segmentation class per global part id; every block votes for the
+centre of the point's own part (the paper's training signal), and the category
+enters as a per-category bias on the part logits (the evaluation masks the
+logits to the category's parts, as ShapeNetPart does, so the bias only ranks
+them). Given the true partition the logits are invariant to an independent
+rigid motion of every part (tests/test_apen_part_seg.py); with the predicted
+partition, approximately (the paper's bound).
+
+Training: the point-cloud segmentation task adds ``aux_loss`` (set by the forward
+in training mode) to its cross-entropy: ``vote_weight`` x the sum over blocks of
+the per-shape mean squared vote error, as :func:`geo3d.models.apen.apen_loss`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from geo3d.models.apen import APEN, _graph_inputs, apen_loss
+from geo3d.models.apen import DEFAULTS as APEN_DEFAULTS
+from geo3d.models.registry import register_architecture
+from geo3d.ops.scatter import scatter
+
+DEFAULTS: dict[str, Any] = {"num_categories": 16, "num_parts": 50, "vote_weight": 1.0}
+# Recorded in the checkpoint's config by the training task, not used by the network.
+METADATA = ("train_rotation", "num_points", "difficulty", "arch")
+
+
+def part_centres(pos: Tensor, part: Tensor, batch: Tensor, num_parts: int) -> Tensor:
+    """``[N, 3]``: the centroid of each point's part (part ids ``[N]`` are per shape; ``batch [N]``)."""
+    key = batch * num_parts + part
+    return scatter(pos, key, 0, int(key.max()) + 1 if len(key) else 0, "mean")[key]
+
+
+class APENPartSegmentation(nn.Module):
+    """Batch (``pos``, ``batch``, ``y`` category ``[B]``) -> part logits ``[N, num_parts]``.
+
+    Args:
+        config: ``num_categories``, ``num_parts``, ``vote_weight`` and any key of
+            :data:`geo3d.models.apen.DEFAULTS` (``num_classes`` is ``num_parts``);
+            unknown keys raise ``ValueError``.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        own = {k: v for k, v in config.items() if k not in METADATA}
+        known = (set(DEFAULTS) | set(APEN_DEFAULTS)) - {"num_classes"}  # num_classes is num_parts here
+        unknown = sorted(set(own) - known)
+        if unknown:
+            raise ValueError(f"apen_seg config: unknown keys {unknown} (known: {sorted(known)})")
+        cfg = {**DEFAULTS, **own}
+        self.config = config
+        self.num_parts, self.num_categories = int(cfg["num_parts"]), int(cfg["num_categories"])
+        self.vote_weight = float(cfg["vote_weight"])
+        backbone = {k: v for k, v in cfg.items() if k not in DEFAULTS}
+        self.apen = APEN({**backbone, "num_classes": self.num_parts})
+        self.category_bias = nn.Embedding(self.num_categories, self.num_parts)
+        nn.init.zeros_(self.category_bias.weight)
+        self.aux_loss: Tensor | None = None
+
+    def forward(
+        self, data: Any, partition: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Part logits ``[N, num_parts]``; in training mode also sets ``aux_loss`` (needs ``data.part``).
+
+        ``partition``/``generator``: as :meth:`geo3d.models.apen.APEN.forward`.
+        """
+        out = self.apen(data, partition=partition, generator=generator)
+        _, batch, _ = _graph_inputs(data)
+        category = data.y.reshape(-1)[batch]
+        self.aux_loss = None
+        if self.training:
+            part = getattr(data, "part", None)
+            if part is None:
+                raise ValueError("apen_seg: training needs the true part ids 'part' [N] for the vote loss")
+            centre = part_centres(data.pos.to(out["vote"].dtype), part, batch, self.num_parts)
+            votes = apen_loss(out, centre, batch=batch)["vote_loss"]
+            self.aux_loss = self.vote_weight * votes
+        return out["seg_logits"] + self.category_bias(category)
+
+
+@register_architecture("apen_seg")
+def build(config: dict[str, Any]) -> nn.Module:
+    return APENPartSegmentation(config)

@@ -164,7 +164,7 @@ def test_torchrun_data_parallel_on_cpu(tmp_path, sdf_set):
     assert state["extra"]["train_state"]["step"] == 2
 
 
-def test_warm_start_from_a_checkpoint(tmp_path, sdf_set):
+def test_warm_start_from_a_checkpoint(tmp_path, sdf_set, capsys):
     cfg = load_config(_config(tmp_path, sdf_set), ["train.max_steps=2"])
     first = train(make_task(cfg), cfg)
     init = load_checkpoint(first)
@@ -175,6 +175,8 @@ def test_warm_start_from_a_checkpoint(tmp_path, sdf_set):
     )
     cfg.model["denoiser"]["s_dim"] = 999  # ignored: the architecture comes from the checkpoint
     train(make_task(cfg), cfg)
+    printed = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "model keys ['denoiser'] differ from it and are not used" in printed
     warm = load_checkpoint(tmp_path / "warm" / "last.pt")
     assert warm["config"] == init["config"]
     assert warm["extra"]["train_state"]["step"] == 1

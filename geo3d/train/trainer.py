@@ -137,6 +137,13 @@ def train(
         # Same architecture: the checkpoint's config and all its weights. Another one: this
         # config's model, one of whose parts (``warm_start_parts``) takes the checkpoint whole.
         model_config = init["config"] if init["arch"] == task.arch else task.model_config(train_set)
+        if init["arch"] == task.arch and rank == 0:
+            unused = sorted(k for k, v in cfg.model.items() if k in init["config"] and init["config"][k] != v)
+            if unused:
+                console.print(
+                    f"[yellow]train.init_from: the model config comes from {init_path} (same "
+                    f"architecture); this config's model keys {unused} differ from it and are not used[/yellow]"
+                )
     else:
         model_config = task.model_config(train_set)
     model = task.build_model(model_config).to(dev)

@@ -30,13 +30,7 @@ What is exact and what is not (float round-off aside):
   may mix in another object's stray votes. A proposal whose group stays inside
   one object is equivariant to that object's motion (centre, frame, features);
   the set of proposals only approximately.
-- Frames (``heading_frame``): ``pca`` (the grouped seeds' principal axis),
-  ``learned`` (APEN's first passed-on vector per seed, trained toward the box
-  yaw) or ``part`` (the major horizontal axis of each seed's final APEN part,
-  weighted by the part's anisotropy and the seed's object probability from the
-  segmentation head: an object's whole point set instead of a dozen seeds).
-  Each turns with its part, so boxes keep the per-part exactness above.
-- The heading frame is undefined for near-isotropic footprints (round
+- Frames: the heading frame is undefined for near-isotropic footprints (round
   tables, lamps, square-ish cabinets); there the predicted yaw does not turn
   with the object. The frame is horizontal, so headings are equivariant to
   rotations about z only (boxes are upright in any case).
@@ -55,13 +49,7 @@ from geo3d.models.apen import APEN
 from geo3d.models.apen import check_config as check_apen_config
 from geo3d.models.registry import register_architecture
 from geo3d.nn.heads.detection import check_proposal_counts, fill_mean_sizes, head_kwargs
-from geo3d.nn.heads.frame_detection import (
-    HEADING_FRAMES,
-    FrameVoteHead,
-    check_heading_frame,
-    decode_frame_detections,
-    part_axes,
-)
+from geo3d.nn.heads.frame_detection import FrameVoteHead, check_heading_frame, decode_frame_detections
 
 DEFAULTS: dict[str, Any] = {
     "backbone": {},  # APEN config (geo3d.models.apen.DEFAULTS); num_classes defaults to 1 + num_classes
@@ -74,10 +62,9 @@ DEFAULTS: dict[str, Any] = {
     "vote_radius": 0.3,
     "vote_k": 32,
     "head_width": 128,
-    # per-proposal heading frame: "pca" (the grouped seeds' principal axis; what apen-rooms shipped with),
-    # "learned" (the mean of the seeds' axes: APEN's first passed-on vector of its last block, trained
-    # toward the box yaw by frame_axis_loss) or "part" (the mean of the major horizontal axes of the
-    # seeds' final APEN parts, each weighted by its anisotropy and the seed's object probability)
+    # per-proposal heading frame: "pca" (the grouped seeds' principal axis; what apen-rooms shipped with)
+    # or "learned" (the mean of the seeds' axes: APEN's first passed-on vector of its last block,
+    # trained toward the box yaw by frame_axis_loss)
     "heading_frame": "pca",
 }
 # Recorded in the checkpoint's config by the training task, not used by the network.
@@ -95,7 +82,7 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
             f"apen_detector config: 'backbone' must be a mapping of APEN keys, got {cfg['backbone']!r}"
         )
     check_proposal_counts("apen_detector", cfg)
-    check_heading_frame("apen_detector", cfg, (*HEADING_FRAMES, "part"))
+    check_heading_frame("apen_detector", cfg)
     for key in ("num_classes", "num_heading_bins", "vote_k", "head_width"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise ValueError(f"apen_detector config: '{key}' must be an integer >= 1, got {cfg[key]!r}")
@@ -194,12 +181,7 @@ class APENDetector(nn.Module):
             seeds = self._all_point_seeds(data, out)
         else:
             seeds = self.backbone.seeds(data, self.num_seeds, out=out)
-        frame = self.config["heading_frame"]
-        axis = seeds.get("seed_axis") if frame == "learned" else None
-        if frame == "part":  # fixed axes, so frame_axis_loss only reports how well they fit the boxes
-            obj = 1 - torch.softmax(out["seg_logits"].detach(), dim=-1)[:, 0]  # class 0: background
-            axes = part_axes(data.pos, out["partition"], len(out["part_batch"]), obj)
-            axis = axes[seeds["seed_idx"].reshape(-1)].reshape(seeds["seed_pos"].shape)
+        axis = seeds.get("seed_axis") if self.config["heading_frame"] == "learned" else None
         det = self.head(seeds["seed_pos"], seeds["seed_feat"], seeds["seed_vote"], axis)
         return {**out, **det, "seed_index": seeds["seed_idx"]}
 

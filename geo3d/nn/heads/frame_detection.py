@@ -69,45 +69,18 @@ from geo3d.nn.heads.detection import (
     select_detections,
     split_box_parameters,
 )
-from geo3d.ops.scatter import scatter
 
 GEOMETRY = 5  # per grouped vote: distance to the proposal centre, |u_x|, |u_y|, u_x u_y, u_z
 HEADING_FRAMES = ("learned", "pca")  # per-proposal frame: the seeds' learned axes, or their PCA axis
 AXIS_WEIGHT = 10.0  # of frame_axis_loss in frame_detection_loss: as the vote term (10 x L1 metres)
 
 
-def check_heading_frame(model: str, cfg: dict, allowed: Sequence[str] = HEADING_FRAMES) -> None:
-    """Raises ``ValueError`` naming the model unless ``cfg["heading_frame"]`` is one of ``allowed``."""
-    if cfg["heading_frame"] not in allowed:
+def check_heading_frame(model: str, cfg: dict) -> None:
+    """Raises ``ValueError`` naming the model unless ``cfg["heading_frame"]`` is one of :data:`HEADING_FRAMES`."""
+    if cfg["heading_frame"] not in HEADING_FRAMES:
         raise ValueError(
-            f"{model} config: 'heading_frame' must be one of {tuple(allowed)}, got {cfg['heading_frame']!r}"
+            f"{model} config: 'heading_frame' must be one of {HEADING_FRAMES}, got {cfg['heading_frame']!r}"
         )
-
-
-def part_axes(pos: Tensor, part: Tensor, num_parts: int, weight: Tensor | None = None) -> Tensor:
-    """``[N, 3]``: each point's part's major horizontal axis, as a seed axis for :class:`FrameVoteHead`.
-
-    Per part (ids ``part [N]`` in ``[0, num_parts)``) the xy covariance of its
-    points ``pos [N, 3]`` gives the angle ``phi`` of its major horizontal axis and
-    its relative anisotropy ``a = (l1 - l2) / (l1 + l2)`` in ``[0, 1]`` (0: no
-    preferred direction). The axis ``sqrt(a w) (cos phi, sin phi, 0)`` is returned
-    for every point of the part, ``w [N]`` an optional per-point weight in [0, 1]
-    (e.g. the probability of belonging to an object); the head's mean orientation
-    weights each axis by its squared length, ``a w``. It turns with its part about
-    the vertical (up to its sign, which the head ignores). No gradient.
-    """
-    pos = pos.detach()
-    centre = scatter(pos, part, 0, num_parts, "mean")
-    d = (pos - centre[part])[:, :2]
-    cxx = scatter(d[:, 0] ** 2, part, 0, num_parts, "sum")
-    cyy = scatter(d[:, 1] ** 2, part, 0, num_parts, "sum")
-    cxy = scatter(d[:, 0] * d[:, 1], part, 0, num_parts, "sum")
-    phi = 0.5 * torch.atan2(2 * cxy, cxx - cyy)
-    spread = torch.sqrt((cxx - cyy) ** 2 + 4 * cxy**2)  # l1 - l2
-    aniso = spread / (cxx + cyy).clamp_min(1e-12)
-    length = aniso[part] if weight is None else aniso[part] * weight.detach().to(pos.dtype)
-    axis = torch.stack([torch.cos(phi), torch.sin(phi), torch.zeros_like(phi)], dim=-1)[part]
-    return axis * length.sqrt()[:, None]
 
 
 def horizontal_frame(points: Tensor, centre: Tensor, weight: Tensor) -> Tensor:

@@ -271,19 +271,18 @@ def evaluate(
     # run's data config if they still carry it, else standard)
     experiment = net.geo3d_checkpoint.get("extra", {}).get("train_state", {}).get("experiment", {})
     difficulty = config.get("difficulty", experiment.get("data", {}).get("difficulty", "standard"))
+    num_points = int(config.get("num_points", 1024))
     results = {}
     for rot in rotations:
         try:
             transform = RandomRotate(rot, torch.Generator().manual_seed(seed))
         except ValueError as exc:
             _fail(str(exc))
-        test = Shapes(
-            "test", per_class, int(config.get("num_points", 1024)), transform=transform, difficulty=difficulty
-        )
+        test = Shapes("test", per_class, num_points, transform=transform, difficulty=difficulty)
         results[f"{train_rot}/{rot}"] = metric_fn(net, test)
         if arch in SEG_ARCHS and protocol == "all" and difficulty == "standard":
             # the same classes with every part turned about its joint: piecewise, not global, motion
-            moved = Articulated("test", per_class, int(config.get("num_points", 1024)), transform=transform)
+            moved = Articulated("test", per_class, num_points, transform=transform)
             results[f"{train_rot}/{rot}+articulated"] = metric_fn(net, moved)
     if as_json:
         print(json.dumps(results))

@@ -15,6 +15,7 @@ measured over all n molecules.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -36,22 +37,36 @@ COLUMNS = [
 ]
 
 
-def _sample_chunk(model_name: str, n: int, batch_size: int, steps: int, sampler: str, seed: int) -> list:
+_WORKER_MODEL: torch.nn.Module | None = None
+
+
+def _init_worker(model_name: str) -> None:
+    """Load the model once per worker process (one thread each)."""
+    global _WORKER_MODEL
     torch.set_num_threads(1)
-    return sample_molecules(load_model(model_name), n, batch_size, steps, sampler, seed=seed)
+    _WORKER_MODEL = load_model(model_name)
 
 
-def sample(args: argparse.Namespace, model: torch.nn.Module, steps: int, sampler: str) -> list:
-    """All ``args.n`` molecules, in ``args.workers`` processes when more than one."""
-    if args.workers == 1:
+def _sample_chunk(n: int, batch_size: int, steps: int, sampler: str, seed: int) -> list:
+    return sample_molecules(_WORKER_MODEL, n, batch_size, steps, sampler, seed=seed)
+
+
+def sample(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    pool: ProcessPoolExecutor | None,
+    steps: int,
+    sampler: str,
+) -> list:
+    """All ``args.n`` molecules, split over the worker ``pool`` when there is one."""
+    if pool is None:
         return sample_molecules(model, args.n, args.batch_size, steps, sampler, seed=args.seed)
     sizes = [args.n // args.workers + (k < args.n % args.workers) for k in range(args.workers)]
-    with ProcessPoolExecutor(args.workers) as pool:
-        jobs = [
-            pool.submit(_sample_chunk, args.model, size, args.batch_size, steps, sampler, args.seed + k)
-            for k, size in enumerate(sizes)
-        ]
-        return [mol for job in jobs for mol in job.result()]
+    jobs = [
+        pool.submit(_sample_chunk, size, args.batch_size, steps, sampler, args.seed + k)
+        for k, size in enumerate(sizes)
+    ]
+    return [mol for job in jobs for mol in job.result()]
 
 
 def main() -> None:
@@ -81,15 +96,22 @@ def main() -> None:
         header,
         "|" + "---|" * (3 + len(COLUMNS)),
     ]
-    for sampler in args.samplers:
-        for steps in args.steps:
-            t0 = time.perf_counter()
-            mols = sample(args, model, steps, sampler)
-            rate = args.n / (time.perf_counter() - t0)
-            m = evaluate_molecules(mols, train_smiles=train_smiles, posebusters=False, xtb=False)
-            cells = [f"{100 * m[key]:.1f}%" if key in m else "-" for key, _ in COLUMNS]
-            lines.append(f"| {sampler} | {steps} | {rate:.2f} | " + " | ".join(cells) + " |")
-            print(lines[-1], flush=True)
+    # Workers start and load the model once (within the first row's time), not once a row.
+    pool = (
+        ProcessPoolExecutor(args.workers, initializer=_init_worker, initargs=(args.model,))
+        if args.workers > 1
+        else None
+    )
+    with pool or contextlib.nullcontext():
+        for sampler in args.samplers:
+            for steps in args.steps:
+                t0 = time.perf_counter()
+                mols = sample(args, model, pool, steps, sampler)
+                rate = args.n / (time.perf_counter() - t0)
+                m = evaluate_molecules(mols, train_smiles=train_smiles, posebusters=False, xtb=False)
+                cells = [f"{100 * m[key]:.1f}%" if key in m else "-" for key, _ in COLUMNS]
+                lines.append(f"| {sampler} | {steps} | {rate:.2f} | " + " | ".join(cells) + " |")
+                print(lines[-1], flush=True)
     table = "\n".join(lines)
     print(table)
     if args.out:

@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.geo3d-installed
-NATIVE := $(wildcard cuda_ext/*.cpp cuda_ext/*.h cuda_ext/*.cu cuda_ext/include/geo3d/*.h)
+NATIVE := $(wildcard cuda_ext/*.cpp cuda_ext/*.h cuda_ext/*.cu cuda_ext/include/geo3d/*.h cuda_ext/cudasim/*.* cuda_ext/cudasim/c10/cuda/*.h)
 
 .PHONY: install demo test test-slow lint format bench clean
 
@@ -43,4 +43,4 @@ bench: install
 	$(BIN)/python benchmarks/radius_graph.py
 
 clean:
-	rm -rf build geo3d/_C*.so $(STAMP)
+	rm -rf build geo3d/_C*.so geo3d/_cudasim*.so $(STAMP)

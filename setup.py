@@ -1,8 +1,11 @@
-"""Build glue for geo3d's native ops (cuda_ext/ -> geo3d._C).
+"""Build glue for geo3d's native ops (cuda_ext/ -> geo3d._C, geo3d._cudasim).
 
-The extension is optional: if it cannot be built (no compiler), geo3d installs
+The extensions are optional: if they cannot be built (no compiler), geo3d installs
 anyway and runs on the `reference` backend; `geo3d info` says why. The CUDA
-sources are added only where torch has CUDA and nvcc is found.
+sources are added to geo3d._C only where torch has CUDA and nvcc is found.
+geo3d._cudasim is the same CUDA kernels and launch code built with the C++ compiler
+for the host simulator in cuda_ext/cudasim (the `cudasim` backend of the tests);
+GEO3D_NO_CUDASIM=1 skips it.
 """
 
 import glob
@@ -70,7 +73,31 @@ def _extensions():
             extra_link_args=["-fopenmp"],
         )
     ext.optional = True  # a failed native build leaves the reference backend, not a failed install
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=False)}
+    exts = [ext]
+    if os.environ.get("GEO3D_NO_CUDASIM", "0") != "1":
+        exts.append(_cudasim_extension(CppExtension))
+    return exts, {"build_ext": BuildExtension.with_options(use_ninja=False)}
+
+
+def _cudasim_extension(CppExtension):
+    import importlib.util
+
+    # The source list and flags live beside the simulator (benchmarks/cudasim_mutations.py
+    # builds mutated copies from the same list).
+    spec = importlib.util.spec_from_file_location(
+        "cudasim_build", os.path.join(ROOT, "cuda_ext", "cudasim", "build.py")
+    )
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    sources = build.sources(ROOT, os.path.join(ROOT, "build", "cudasim_src"))
+    ext = CppExtension(
+        "geo3d._cudasim",
+        [os.path.relpath(s, ROOT) for s in sources],
+        include_dirs=build.include_dirs(ROOT),
+        extra_compile_args={"cxx": build.CXX_FLAGS},
+    )
+    ext.optional = True
+    return ext
 
 
 ext_modules, cmdclass = _extensions()

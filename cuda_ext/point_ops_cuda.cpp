@@ -6,15 +6,13 @@
 // Same schemas, checks and results as point_ops_cpu.cpp, bit for bit (edge order and
 // ties included). ptr, counts and start are CPU tensors, so the plan and the output
 // sizes are made on the host: no device-to-host sync, one small host-to-device copy.
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
 #include <cstring>
 #include <limits>
 #include <vector>
 
+#include "cuda_binding.h"
 #include "point_ops_common.h"
 #include "point_ops_cuda.h"
 
@@ -30,7 +28,7 @@ at::Tensor to_device(const std::vector<T>& items, const at::Device& device) {
 }
 
 void check_cuda_points(const char* op, const at::Tensor& pos) {
-  TORCH_CHECK(pos.is_cuda(), op, " (CUDA): 'pos' must be a CUDA tensor");
+  TORCH_CHECK(on_kernel_device(pos), op, " (CUDA): 'pos' must be a CUDA tensor");
   TORCH_CHECK(pos.size(0) < std::numeric_limits<int32_t>::max(), op, ": more than 2^31 points");
 }
 
@@ -99,7 +97,7 @@ at::Tensor fps_cuda(const at::Tensor& pos_in, const at::Tensor& ptr, const at::T
 }  // namespace
 }  // namespace geo3d
 
-TORCH_LIBRARY_IMPL(geo3d, CUDA, m) {
+GEO3D_CUDA_LIBRARY_IMPL(m) {
   m.impl("knn_graph", &geo3d::knn_graph_cuda);
   m.impl("fps", &geo3d::fps_cuda);
 }

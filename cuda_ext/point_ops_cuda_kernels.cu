@@ -36,6 +36,7 @@
 #include <type_traits>
 
 #include "point_ops_cuda.h"
+#include "cuda_compat.h"
 
 namespace geo3d {
 namespace cuda {
@@ -104,7 +105,7 @@ template <typename real>
 __global__ void __launch_bounds__(kFpsMaxThreads)
     fps_kernel(const real* __restrict__ pos, const FpsGraph* __restrict__ graphs, int64_t smem_points,
                int64_t* __restrict__ out, double* __restrict__ scratch) {
-  extern __shared__ double smem[];  // [n] distances, then [n, 3] coordinates
+  GEO3D_DYNAMIC_SHARED(double, smem);  // [n] distances, then [n, 3] coordinates
   __shared__ double warp_d[kWarp];
   __shared__ int warp_i[kWarp];
   __shared__ int chosen;
@@ -163,16 +164,16 @@ cudaError_t launch_knn(const real* pos, const KnnBlock* blocks, int64_t num_bloc
     const dim3 grid(static_cast<unsigned int>(num_blocks));
     switch (pointops::knn_register_slots(max_degree)) {
       case 8:
-        knn_kernel<real, 8><<<grid, threads, 0, stream>>>(pos, blocks, loop, src, dst, scratch);
+        GEO3D_LAUNCH(grid, threads, 0, stream, knn_kernel<real, 8>)(pos, blocks, loop, src, dst, scratch);
         break;
       case 16:
-        knn_kernel<real, 16><<<grid, threads, 0, stream>>>(pos, blocks, loop, src, dst, scratch);
+        GEO3D_LAUNCH(grid, threads, 0, stream, knn_kernel<real, 16>)(pos, blocks, loop, src, dst, scratch);
         break;
       case 32:
-        knn_kernel<real, 32><<<grid, threads, 0, stream>>>(pos, blocks, loop, src, dst, scratch);
+        GEO3D_LAUNCH(grid, threads, 0, stream, knn_kernel<real, 32>)(pos, blocks, loop, src, dst, scratch);
         break;
       default:
-        knn_kernel<real, 0><<<grid, threads, 0, stream>>>(pos, blocks, loop, src, dst, scratch);
+        GEO3D_LAUNCH(grid, threads, 0, stream, knn_kernel<real, 0>)(pos, blocks, loop, src, dst, scratch);
     }
   }
   return cudaGetLastError();
@@ -195,7 +196,7 @@ cudaError_t launch_fps(const real* pos, const FpsGraph* graphs, int64_t num_grap
                                  static_cast<int>(bytes));
       if (err != cudaSuccess) return err;
     }
-    fps_kernel<real><<<static_cast<unsigned int>(num_graphs), fps_threads(max_points), bytes, stream>>>(
+    GEO3D_LAUNCH(static_cast<unsigned int>(num_graphs), fps_threads(max_points), bytes, stream, fps_kernel<real>)(
         pos, graphs, smem_points, out, scratch);
   }
   return cudaGetLastError();

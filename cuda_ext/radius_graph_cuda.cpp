@@ -5,9 +5,6 @@
 //
 // Two host syncs: the bounding boxes (plans are made on the host with the
 // same plan_graph() as the CPU op) and the edge count (to allocate the output).
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -15,6 +12,7 @@
 #include <limits>
 #include <vector>
 
+#include "cuda_binding.h"
 #include "radius_graph_common.h"
 #include "radius_graph_cuda.h"
 
@@ -115,7 +113,7 @@ std::tuple<at::Tensor, at::Tensor> radius_graph_cuda(const at::Tensor& pos, cons
                                                      const at::Tensor& cell, const at::Tensor& pbc, double cutoff,
                                                      bool loop, int64_t bins_per_cutoff) {
   check_radius_graph_inputs(pos, ptr, cell, pbc, cutoff, bins_per_cutoff);
-  TORCH_CHECK(pos.is_cuda(), "geo3d::radius_graph (CUDA): pos must be a CUDA tensor");
+  TORCH_CHECK(on_kernel_device(pos), "geo3d::radius_graph (CUDA): pos must be a CUDA tensor");
   TORCH_CHECK(pos.size(0) < std::numeric_limits<int32_t>::max(), "geo3d::radius_graph: more than 2^31 points");
   const c10::cuda::CUDAGuard guard(pos.device());  // allocations, stream and launches on pos's device
   if (pos.scalar_type() == at::kDouble)
@@ -128,4 +126,4 @@ std::tuple<at::Tensor, at::Tensor> radius_graph_cuda(const at::Tensor& pos, cons
 }  // namespace
 }  // namespace geo3d
 
-TORCH_LIBRARY_IMPL(geo3d, CUDA, m) { m.impl("radius_graph", &geo3d::radius_graph_cuda); }
+GEO3D_CUDA_LIBRARY_IMPL(m) { m.impl("radius_graph", &geo3d::radius_graph_cuda); }

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "radius_graph_cuda.h"
+#include "cuda_compat.h"
 
 namespace geo3d {
 namespace cuda {
@@ -149,34 +150,35 @@ cudaError_t launch_wrap(const real* pos, int64_t n, const int64_t* ptr, int64_t 
                         const GraphPlan* plans, int32_t* graph, double* frac, int* wrap, real* pos_w,
                         cudaStream_t stream) {
   if (n > 0)
-    wrap_kernel<real><<<blocks_for(n), kThreads, 0, stream>>>(pos, n, ptr, num_graphs, plans, graph, frac, wrap,
-                                                               pos_w);
+    GEO3D_LAUNCH(blocks_for(n), kThreads, 0, stream, wrap_kernel<real>)(pos, n, ptr, num_graphs, plans, graph, frac,
+                                                                        wrap, pos_w);
   return cudaGetLastError();
 }
 
 cudaError_t launch_frac_bounds(const double* frac, const int64_t* ptr, int64_t num_graphs, double* lo,
                                double* hi, cudaStream_t stream) {
   if (num_graphs > 0)
-    frac_bounds_kernel<<<static_cast<unsigned int>(num_graphs), kThreads, 0, stream>>>(frac, ptr, lo, hi);
+    GEO3D_LAUNCH(static_cast<unsigned int>(num_graphs), kThreads, 0, stream, frac_bounds_kernel)(frac, ptr, lo, hi);
   return cudaGetLastError();
 }
 
 cudaError_t launch_bin(const double* frac, const int32_t* graph, int64_t n, const GraphPlan* plans, int* bin3,
                        int64_t* gbin, cudaStream_t stream) {
-  if (n > 0) bin_kernel<<<blocks_for(n), kThreads, 0, stream>>>(frac, graph, n, plans, bin3, gbin);
+  if (n > 0) GEO3D_LAUNCH(blocks_for(n), kThreads, 0, stream, bin_kernel)(frac, graph, n, plans, bin3, gbin);
   return cudaGetLastError();
 }
 
 template <typename real>
 cudaError_t launch_count_neighbors(const NeighborArgs<real>& args, int64_t* count, cudaStream_t stream) {
-  if (args.n > 0) count_kernel<real><<<blocks_for(args.n), kThreads, 0, stream>>>(args, count);
+  if (args.n > 0) GEO3D_LAUNCH(blocks_for(args.n), kThreads, 0, stream, count_kernel<real>)(args, count);
   return cudaGetLastError();
 }
 
 template <typename real>
 cudaError_t launch_fill_edges(const NeighborArgs<real>& args, const int64_t* start, int64_t* src, int64_t* dst,
                               int64_t* shifts, cudaStream_t stream) {
-  if (args.n > 0) fill_kernel<real><<<blocks_for(args.n), kThreads, 0, stream>>>(args, start, src, dst, shifts);
+  if (args.n > 0)
+    GEO3D_LAUNCH(blocks_for(args.n), kThreads, 0, stream, fill_kernel<real>)(args, start, src, dst, shifts);
   return cudaGetLastError();
 }
 

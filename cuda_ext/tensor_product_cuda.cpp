@@ -10,9 +10,6 @@
 // fixed unit of rows, then the units in order. The plan tables (CPU or CUDA tensors)
 // are checked and converted on the host and copied to the device on every call
 // (nothing is cached). Host syncs: the table copies, and the edge_index range check.
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -23,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "cuda_binding.h"
 #include "geo3d/tensor_product_core.h"
 #include "tensor_product_common.h"
 #include "tensor_product_cuda.h"
@@ -106,7 +104,7 @@ std::pair<at::Tensor, at::Tensor> group_edges(const at::Tensor& node, int64_t n)
 void check_dtype(const char* op, const at::Tensor& x) {
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
               ": float32 or float64 inputs, got ", x.scalar_type());
-  TORCH_CHECK(x.is_cuda(), op, " (CUDA): inputs must be CUDA tensors, got ", x.device());
+  TORCH_CHECK(on_kernel_device(x), op, " (CUDA): inputs must be CUDA tensors, got ", x.device());
 }
 
 // Forward pass over `items` work items (see tpc::ForwardArgs).
@@ -326,7 +324,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_conv_backward_cuda(
 }  // namespace
 }  // namespace geo3d
 
-TORCH_LIBRARY_IMPL(geo3d, CUDA, m) {
+GEO3D_CUDA_LIBRARY_IMPL(m) {
   m.impl("tp_forward", &geo3d::tp_forward_cuda);
   m.impl("tp_backward", &geo3d::tp_backward_cuda);
   m.impl("tp_conv_forward", &geo3d::tp_conv_forward_cuda);

@@ -17,6 +17,7 @@
 // items, fixed by the sizes only) is done by one warp into its own [nw] buffer, and
 // reduce_units_kernel sums the units in index order.
 #include "tensor_product_cuda.h"
+#include "cuda_compat.h"
 
 namespace geo3d {
 namespace cuda {
@@ -238,7 +239,7 @@ __device__ __forceinline__ T* warp_space(unsigned char* smem, T* workspace, int6
 template <typename T>
 __global__ void __launch_bounds__(kWarpsPerBlock* kWarpSize)
     forward_kernel(const Tables<T> tb, const ForwardArgs<T> args, const int64_t warp_elems, T* workspace) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  GEO3D_DYNAMIC_SHARED(unsigned char, smem_raw);
   const int lane = threadIdx.x % kWarpSize;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / kWarpSize);
   T* const x1s = warp_space<T>(smem_raw, workspace, warp_elems);
@@ -272,7 +273,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kWarpSize)
 template <typename T>
 __global__ void __launch_bounds__(kWarpsPerBlock* kWarpSize)
     backward_kernel(const Tables<T> tb, const BackwardArgs<T> args, const int64_t warp_elems, T* workspace) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  GEO3D_DYNAMIC_SHARED(unsigned char, smem_raw);
   const int lane = threadIdx.x % kWarpSize;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / kWarpSize);
   T* const x1s = warp_space<T>(smem_raw, workspace, warp_elems);
@@ -383,7 +384,7 @@ cudaError_t launch_forward(const Tables<T>& t, const ForwardArgs<T>& args, const
   if (shape.blocks == 0 || (shape.workspace_elems > 0 && workspace == nullptr)) return cudaErrorInvalidValue;
   const cudaError_t err = allow_smem(forward_kernel<T>, shape.smem_bytes);
   if (err != cudaSuccess) return err;
-  forward_kernel<T><<<shape.blocks, shape.warps_per_block * kWarpSize, shape.smem_bytes, stream>>>(
+  GEO3D_LAUNCH(shape.blocks, shape.warps_per_block * kWarpSize, shape.smem_bytes, stream, forward_kernel<T>)(
       t, args, shape.warp_elems, shape.workspace_elems > 0 ? workspace : nullptr);
   return cudaGetLastError();
 }
@@ -395,7 +396,7 @@ cudaError_t launch_backward(const Tables<T>& t, const BackwardArgs<T>& args, con
   if (shape.blocks == 0 || (shape.workspace_elems > 0 && workspace == nullptr)) return cudaErrorInvalidValue;
   const cudaError_t err = allow_smem(backward_kernel<T>, shape.smem_bytes);
   if (err != cudaSuccess) return err;
-  backward_kernel<T><<<shape.blocks, shape.warps_per_block * kWarpSize, shape.smem_bytes, stream>>>(
+  GEO3D_LAUNCH(shape.blocks, shape.warps_per_block * kWarpSize, shape.smem_bytes, stream, backward_kernel<T>)(
       t, args, shape.warp_elems, shape.workspace_elems > 0 ? workspace : nullptr);
   return cudaGetLastError();
 }
@@ -404,7 +405,8 @@ template <typename T>
 cudaError_t launch_reduce_units(const T* partial, int64_t units, int64_t nw, T* gw, cudaStream_t stream) {
   if (nw <= 0) return cudaSuccess;
   const int64_t blocks = (nw + kReduceThreads - 1) / kReduceThreads;
-  reduce_units_kernel<T><<<static_cast<unsigned int>(blocks), kReduceThreads, 0, stream>>>(partial, units, nw, gw);
+  GEO3D_LAUNCH(static_cast<unsigned int>(blocks), kReduceThreads, 0, stream, reduce_units_kernel<T>)(partial, units,
+                                                                                                    nw, gw);
   return cudaGetLastError();
 }
 

@@ -1,20 +1,26 @@
-"""Loading of the compiled extension (geo3d._C) and backend availability.
+"""Loading of the compiled extensions (geo3d._C, geo3d._cudasim) and backend availability.
 
 Backends: ``reference`` (plain torch, always there, the oracle), ``cpu`` (C++
-and OpenMP from ``cuda_ext/``) and ``cuda``. Every op picks the fastest one
-available for the device of its inputs; an environment variable or a
+and OpenMP from ``cuda_ext/``), ``cuda``, and ``cudasim``: the CUDA kernels and
+their launch code built for the host simulator of ``cuda_ext/cudasim`` (CPU
+tensors, slow; for tests, never picked unless forced). Every op picks the fastest
+one available for the device of its inputs; an environment variable or a
 ``backend=`` argument forces one.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from types import ModuleType
 
 import torch
 
-BACKENDS = ("reference", "cpu", "cuda")
+BACKENDS = ("reference", "cpu", "cuda", "cudasim")
+# A simulator build to load instead of geo3d._cudasim (benchmarks/cudasim_mutations.py
+# points it at mutated kernels, one process per build).
+CUDASIM_LIBRARY_ENV = "GEO3D_CUDASIM_LIBRARY"
 
 
 @functools.cache
@@ -27,6 +33,47 @@ def _load() -> tuple[ModuleType | None, str]:
             "install time: reinstall with a C++ compiler (`make install`)"
         )
     return _C, ""
+
+
+@functools.cache
+def _load_cudasim() -> tuple[ModuleType | None, str]:
+    path = os.environ.get(CUDASIM_LIBRARY_ENV)
+    try:
+        if path:
+            spec = importlib.util.spec_from_file_location("_cudasim", path)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"${CUDASIM_LIBRARY_ENV}={path} is not an extension module")
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)  # registers torch.ops.geo3d_cudasim.*
+            return mod, ""
+        from geo3d import _cudasim
+
+        return _cudasim, ""
+    except (ImportError, OSError) as exc:
+        return None, (
+            f"the CUDA simulator could not be loaded ({exc}); it is built by `make install` "
+            "unless GEO3D_NO_CUDASIM=1"
+        )
+
+
+def cudasim() -> ModuleType:
+    """The simulator module (``configure``, ``settings``, ``stats``, self-tests).
+
+    Raises:
+        RuntimeError: it is not built here, with the reason.
+    """
+    mod, why = _load_cudasim()
+    if mod is None:
+        raise RuntimeError(why)
+    return mod
+
+
+def ops(backend: str):
+    """``torch.ops`` namespace of a native backend's kernels."""
+    if backend == "cudasim":
+        cudasim()
+        return torch.ops.geo3d_cudasim
+    return torch.ops.geo3d
 
 
 def native() -> ModuleType | None:
@@ -50,6 +97,10 @@ def backend_status() -> dict[str, tuple[bool, str]]:
         status["cuda"] = (False, "no CUDA device visible")
     else:
         status["cuda"] = (True, torch.cuda.get_device_name())
+    sim, sim_why = _load_cudasim()
+    status["cudasim"] = (
+        (True, "CUDA kernels on the host simulator (tests; slow)") if sim else (False, sim_why)
+    )
     return status
 
 
@@ -71,6 +122,7 @@ def select_backend(device: torch.device, requested: str | None, env_var: str) ->
     ok, why = status[name]
     if not ok:
         raise RuntimeError(f"backend {name!r} is not available: {why}")
-    if name != "reference" and name != device.type:
+    runs_on = {"cpu": "cpu", "cuda": "cuda", "cudasim": "cpu"}
+    if name != "reference" and runs_on[name] != device.type:
         raise ValueError(f"backend {name!r} cannot run on tensors on {device}")
     return name

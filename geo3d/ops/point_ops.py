@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from geo3d.ops._native import native, select_backend
+from geo3d.ops._native import ops as native_ops
 
 ENV_VAR = "GEO3D_POINT_OPS_BACKEND"
 
@@ -69,7 +70,7 @@ def knn_graph(
     name = select_backend(pos.device, backend, ENV_VAR)
     if name == "reference":
         return knn_graph_reference(pos, ptr, k, loop)
-    return torch.ops.geo3d.knn_graph(pos.detach(), ptr, k, bool(loop))
+    return native_ops(name).knn_graph(pos.detach(), ptr, k, bool(loop))
 
 
 def knn_graph_reference(pos: Tensor, ptr: Tensor, k: int, loop: bool) -> Tensor:
@@ -128,7 +129,7 @@ def fps(
     name = select_backend(pos.device, backend, ENV_VAR)
     if name == "reference":
         return fps_reference(pos, ptr, counts, start)
-    return torch.ops.geo3d.fps(pos.detach(), ptr, counts, start)
+    return native_ops(name).fps(pos.detach(), ptr, counts, start)
 
 
 def fps_reference(pos: Tensor, ptr: Tensor, counts: Tensor, start: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from geo3d.ops._native import native, select_backend
+from geo3d.ops._native import ops as native_ops
 
 ENV_VAR = "GEO3D_RADIUS_GRAPH_BACKEND"
 # Bins per cutoff length in the cell list; 2 (bins of r/2) checks ~40% fewer
@@ -77,7 +78,7 @@ def radius_graph(
     else:
         if native() is None:  # pragma: no cover - select_backend already refused
             raise RuntimeError("geo3d._C is not loaded")
-        edge_index, shifts = torch.ops.geo3d.radius_graph(
+        edge_index, shifts = native_ops(name).radius_graph(
             pos.detach(), ptr, cell64, pbc_t, float(r), bool(loop), BINS_PER_CUTOFF
         )
     if max_num_neighbors is not None:

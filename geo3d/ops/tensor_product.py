@@ -40,6 +40,7 @@ from geo3d.o3.tp_plan import (
     W_OFF,
     dense_wigner_3j,
 )
+from geo3d.ops._native import ops as native_ops
 from geo3d.ops._native import select_backend
 from geo3d.ops.tp_shared_weights import shared_uvw_backward, shared_uvw_forward
 
@@ -238,7 +239,7 @@ def tensor_product(
     if bool(gemm.all()):
         out = x1.new_zeros(x1.shape[0], dim_out)
     else:
-        out = torch.ops.geo3d.tp_forward(
+        out = native_ops(name).tp_forward(
             x1, x2, w, paths[rows], cg_index, cg_value, path_weight[rows], dim_out
         )
     if gemm.any():
@@ -265,7 +266,7 @@ def tensor_product_backward(
     rows, gemm = _split_gemm_paths(paths, w)
     if bool(gemm.all()):
         return shared_uvw_backward(x1, x2, w, grad, paths, path_weight)
-    gx1, gx2, gw = torch.ops.geo3d.tp_backward(
+    gx1, gx2, gw = native_ops(name).tp_backward(
         x1, x2, w, grad, paths[rows], cg_index, cg_value, path_weight[rows]
     )
     if gemm.any():
@@ -340,7 +341,7 @@ def tensor_product_conv(
     if name == "reference":
         _check_conv_inputs(x, sh, edge_index)
         return tensor_product_conv_reference(x, sh, w, edge_index, paths, path_weight, dim_out)
-    return torch.ops.geo3d.tp_conv_forward(
+    return native_ops(name).tp_conv_forward(
         x, sh, w, edge_index, paths, cg_index, cg_value, path_weight, dim_out
     )
 
@@ -363,7 +364,7 @@ def tensor_product_conv_backward(
     if name == "reference":
         _check_conv_inputs(x, sh, edge_index)
         return tensor_product_conv_backward_reference(x, sh, w, edge_index, grad, paths, path_weight)
-    return torch.ops.geo3d.tp_conv_backward(
+    return native_ops(name).tp_conv_backward(
         x, sh, w, edge_index, grad, paths, cg_index, cg_value, path_weight
     )
 

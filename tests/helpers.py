@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch_geometric.data import Batch
 
@@ -13,6 +14,12 @@ from geo3d.data.transforms import random_rotation
 from geo3d.ops import backend_status
 
 NATIVE_BACKENDS_HERE = [b for b in ("cpu",) if backend_status()[b][0]]
+# The native backends plus the CUDA kernels on the host simulator (marked `cudasim`): tests
+# parametrised over these run the .cu kernels in every default run, at the cpu's tolerances.
+KERNEL_BACKENDS_HERE = [
+    *NATIVE_BACKENDS_HERE,
+    *([pytest.param("cudasim", marks=pytest.mark.cudasim)] if backend_status()["cudasim"][0] else []),
+]
 
 
 def random_cell(rng: np.random.Generator, scale: float = 6.0) -> np.ndarray:
@@ -81,3 +88,79 @@ def fraction_found(scene, boxes: list[dict], iou_threshold: float = 0.25) -> flo
     iou = box3d_iou_matrix(scene.boxes.double(), pred)  # [M, K]
     same_class = scene.box_class[:, None] == label[None, :]
     return float(((iou > iou_threshold) & same_class).any(1).float().mean())
+
+
+def random_tp_plan(seed: int, max_mul: int = 40, lmax: int = 3):
+    """Random irreps (repeats allowed), all allowed paths, uvu where multiplicities allow, some unweighted.
+
+    Multiplicities 1, 3, 33 and ``max_mul`` put channel loops below, at and above a warp's 32 lanes.
+    """
+    import random
+
+    from e3nn import o3
+
+    from geo3d.o3 import TPPlan
+
+    rng = random.Random(seed)
+    muls = [1, 3, 33, max_mul]
+
+    def ir():
+        return rng.randint(0, lmax), rng.choice((1, -1))
+
+    while True:
+        i1 = o3.Irreps([(rng.choice(muls), ir()) for _ in range(4)])
+        i2 = o3.Irreps([(rng.choice([1, 1, 2]), ir()) for _ in range(3)])
+        out = o3.Irreps([(rng.choice(muls), ir()) for _ in range(5)])
+        ins = []
+        for a, (m1, r1) in enumerate(i1):
+            for b, (_, r2) in enumerate(i2):
+                for c, (mo, ro) in enumerate(out):
+                    if ro in r1 * r2:
+                        mode = "uvu" if m1 == mo and rng.random() < 0.7 else "uvw"
+                        ins.append((a, b, c, mode, mode == "uvw" or rng.random() < 0.8, rng.uniform(0.5, 2)))
+        if ins:
+            return TPPlan(i1, i2, out, ins)
+
+
+def batch_of(sizes: list[int]) -> torch.Tensor:
+    return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long))
+
+
+def point_clouds(dtype: torch.dtype):
+    """(name, pos, sizes): batches with empty graphs, ties, near-ties and extreme scales."""
+    g = torch.Generator().manual_seed(11)
+    sizes = [0, 300, 1, 2, 0, 37, 520, 9]  # > one 256-point tile and > one 128-query block
+    yield "uniform batch", torch.rand(sum(sizes), 3, generator=g, dtype=torch.float64).to(dtype), sizes
+    lattice = torch.stack(torch.meshgrid(*[torch.arange(5.0)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    yield "lattice (ties)", lattice.to(dtype), [125]
+    yield "duplicates", torch.ones(40, 3, dtype=dtype), [17, 23]
+    # Lattice moved by a few float ulps: float distances tie where double ones do not.
+    ulps = torch.randint(-3, 4, lattice.shape, generator=g).to(torch.float32)
+    near = (lattice.float() + 1.0) * (1 + ulps * 2.0**-23)
+    yield "near ties", near.to(dtype), [125]
+    # A centre and a thin spherical shell: its neighbours' distances agree to ~1e-7, where
+    # float rounding reorders them, so the prefilter's margin is what keeps the right ones.
+    shell = torch.randn(400, 3, generator=g, dtype=torch.float64)
+    shell = shell / shell.norm(dim=1, keepdim=True) * (1 + 1e-7 * torch.rand(400, 1, generator=g))
+    centre = torch.tensor([[0.3, 0.7, -0.2]], dtype=torch.float64)
+    yield "shell", torch.cat([centre, centre + shell]).to(dtype), [401]
+    for scale in (1e-25, 1e-20, 1e18, 1e19):  # float squares underflow / overflow
+        yield (
+            f"scale {scale:g}",
+            (torch.randn(150, 3, generator=g, dtype=torch.float64) * scale).to(dtype),
+            [150],
+        )
+    yield "flat", torch.cat([torch.rand(200, 2, generator=g), torch.zeros(200, 1)], 1).to(dtype), [200]
+
+
+def random_pbc_batch(seed: int, sizes: list[int], dtype: torch.dtype):
+    """Triclinic cells with random per-axis pbc; some points outside their cell."""
+    gen = torch.Generator().manual_seed(seed)
+    num = len(sizes)
+    lengths = 2.0 + 3.0 * torch.rand(num, 3, generator=gen, dtype=torch.float64)
+    cell = torch.diag_embed(lengths) + 0.8 * (torch.rand(num, 3, 3, generator=gen, dtype=torch.float64) - 0.5)
+    pbc = torch.rand(num, 3, generator=gen) < 0.5
+    batch = torch.repeat_interleave(torch.arange(num), torch.tensor(sizes))
+    frac = -0.3 + 1.6 * torch.rand(len(batch), 3, generator=gen, dtype=torch.float64)
+    pos = torch.einsum("nk,nkc->nc", frac, cell[batch]).to(dtype)
+    return pos, batch, cell, pbc

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import random_pbc_batch
 
 from geo3d.ops import backend_status, canonical_order, radius_graph
 
@@ -79,19 +80,6 @@ def test_radius_graph_kernels_do_not_fuse(tmp_path: Path):
 # On a GPU: cuda == cpu exactly, and == reference as a set.
 
 
-def _random_batch(seed: int, sizes: list[int], dtype: torch.dtype):
-    """Triclinic cells with random per-axis pbc; some points outside their cell."""
-    gen = torch.Generator().manual_seed(seed)
-    num = len(sizes)
-    lengths = 2.0 + 3.0 * torch.rand(num, 3, generator=gen, dtype=torch.float64)
-    cell = torch.diag_embed(lengths) + 0.8 * (torch.rand(num, 3, 3, generator=gen, dtype=torch.float64) - 0.5)
-    pbc = torch.rand(num, 3, generator=gen) < 0.5
-    batch = torch.repeat_interleave(torch.arange(num), torch.tensor(sizes))
-    frac = -0.3 + 1.6 * torch.rand(len(batch), 3, generator=gen, dtype=torch.float64)
-    pos = torch.einsum("nk,nkc->nc", frac, cell[batch]).to(dtype)
-    return pos, batch, cell, pbc
-
-
 def _check(pos, r, batch=None, cell=None, pbc=None, loop=False, num_graphs=None):
     kwargs = dict(batch=batch, cell=cell, pbc=pbc, loop=loop, num_graphs=num_graphs)
     cuda_kwargs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
@@ -116,7 +104,7 @@ def _check(pos, r, batch=None, cell=None, pbc=None, loop=False, num_graphs=None)
 @pytest.mark.parametrize("loop", [False, True])
 def test_cuda_matches_cpu_triclinic_mixed_pbc(dtype, r, loop):
     sizes = [0, 13, 1, 0, 24, 7, 0]  # empty graphs first, in the middle and last
-    pos, batch, cell, pbc = _random_batch(seed=17, sizes=sizes, dtype=dtype)
+    pos, batch, cell, pbc = random_pbc_batch(seed=17, sizes=sizes, dtype=dtype)
     ei = _check(pos, r, batch, cell, pbc, loop=loop, num_graphs=len(sizes))
     assert ei.shape[1] > 0
 
@@ -127,7 +115,7 @@ def test_cuda_matches_cpu_triclinic_mixed_pbc(dtype, r, loop):
 @pytest.mark.parametrize("seed", range(4))
 def test_cuda_matches_cpu_random_batches(dtype, seed):
     sizes = torch.randint(0, 30, (6,), generator=torch.Generator().manual_seed(seed)).tolist()
-    pos, batch, cell, pbc = _random_batch(seed=100 + seed, sizes=sizes, dtype=dtype)
+    pos, batch, cell, pbc = random_pbc_batch(seed=100 + seed, sizes=sizes, dtype=dtype)
     _check(pos, 1.9, batch, cell, pbc, num_graphs=len(sizes))
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import NATIVE_BACKENDS_HERE
+from helpers import KERNEL_BACKENDS_HERE
 
 from geo3d.ops.point_ops import fps, knn_graph
 
-BACKENDS = ["reference", *NATIVE_BACKENDS_HERE]
+BACKENDS = ["reference", *KERNEL_BACKENDS_HERE]
 
 
 def clouds():
@@ -30,7 +30,7 @@ def sq_dist(pos, edge_index):
     return ((pos[edge_index[0]].double() - pos[edge_index[1]].double()) ** 2).sum(-1)
 
 
-@pytest.mark.parametrize("backend", NATIVE_BACKENDS_HERE)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS_HERE)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("loop", [False, True])
 def test_knn_matches_brute_force(backend, dtype, loop):
@@ -74,7 +74,7 @@ def test_knn_bad_input(backend):
         knn_graph(torch.rand(4, 3), 2, batch=torch.tensor([0, 1, 0, 1]), backend=backend)
 
 
-@pytest.mark.parametrize("backend", NATIVE_BACKENDS_HERE)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS_HERE)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fps_matches_brute_force(backend, dtype):
     g = torch.Generator().manual_seed(2)
@@ -91,7 +91,7 @@ def test_fps_matches_brute_force(backend, dtype):
     assert len(set(got.tolist())) == len(got)
 
 
-@pytest.mark.parametrize("backend", NATIVE_BACKENDS_HERE)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS_HERE)
 def test_fps_large_single_cloud_uses_threads_and_agrees(backend):
     # Above 2^18 points one cloud's updates are split over threads (lowest index on ties).
     pos = torch.rand(300_000, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import batch_of, point_clouds
 
 from geo3d.ops import backend_status
 from geo3d.ops.point_ops import fps, knn_graph
@@ -267,43 +268,12 @@ def emu_fps(lib, pos, sizes, counts, start, threads: int) -> torch.Tensor:
     return out
 
 
-def _batch(sizes: list[int]) -> torch.Tensor:
-    return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long))
-
-
-def clouds(dtype: torch.dtype):
-    """(name, pos, sizes): batches with empty graphs, ties, near-ties and extreme scales."""
-    g = torch.Generator().manual_seed(11)
-    sizes = [0, 300, 1, 2, 0, 37, 520, 9]  # > one 256-point tile and > one 128-query block
-    yield "uniform batch", torch.rand(sum(sizes), 3, generator=g, dtype=torch.float64).to(dtype), sizes
-    lattice = torch.stack(torch.meshgrid(*[torch.arange(5.0)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    yield "lattice (ties)", lattice.to(dtype), [125]
-    yield "duplicates", torch.ones(40, 3, dtype=dtype), [17, 23]
-    # Lattice moved by a few float ulps: float distances tie where double ones do not.
-    ulps = torch.randint(-3, 4, lattice.shape, generator=g).to(torch.float32)
-    near = (lattice.float() + 1.0) * (1 + ulps * 2.0**-23)
-    yield "near ties", near.to(dtype), [125]
-    # A centre and a thin spherical shell: its neighbours' distances agree to ~1e-7, where
-    # float rounding reorders them, so the prefilter's margin is what keeps the right ones.
-    shell = torch.randn(400, 3, generator=g, dtype=torch.float64)
-    shell = shell / shell.norm(dim=1, keepdim=True) * (1 + 1e-7 * torch.rand(400, 1, generator=g))
-    centre = torch.tensor([[0.3, 0.7, -0.2]], dtype=torch.float64)
-    yield "shell", torch.cat([centre, centre + shell]).to(dtype), [401]
-    for scale in (1e-25, 1e-20, 1e18, 1e19):  # float squares underflow / overflow
-        yield (
-            f"scale {scale:g}",
-            (torch.randn(150, 3, generator=g, dtype=torch.float64) * scale).to(dtype),
-            [150],
-        )
-    yield "flat", torch.cat([torch.rand(200, 2, generator=g), torch.zeros(200, 1)], 1).to(dtype), [200]
-
-
 @needs_cpu_op
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("loop", [False, True])
 def test_emulated_knn_kernel_matches_cpu_op(emu, dtype, loop):
-    for name, pos, sizes in clouds(dtype):
-        batch = _batch(sizes)
+    for name, pos, sizes in point_clouds(dtype):
+        batch = batch_of(sizes)
         for k in (1, 5, 8, 16, 20, 32, 33, 60, 1000):
             want = knn_graph(pos, k, batch=batch, loop=loop, backend="cpu", num_graphs=len(sizes))
             got = emu_knn(emu, pos, sizes, k, loop)
@@ -314,8 +284,8 @@ def test_emulated_knn_kernel_matches_cpu_op(emu, dtype, loop):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_emulated_knn_every_list_kind_agrees(emu, dtype):
     # Register buckets wider than the degree and the global-memory list all give the cpu op's graph.
-    for name, pos, sizes in clouds(dtype):
-        batch = _batch(sizes)
+    for name, pos, sizes in point_clouds(dtype):
+        batch = batch_of(sizes)
         for k in (3, 8):
             want = knn_graph(pos, k, batch=batch, backend="cpu", num_graphs=len(sizes))
             for slots in (8, 16, 32, 0):
@@ -414,8 +384,8 @@ def _knn_both(pos, k, batch=None, loop=False, num_graphs=None):
 @pytest.mark.parametrize("loop", [False, True])
 @pytest.mark.parametrize("k", [1, 8, 16, 20, 32, 40, 1000])  # every list kind; k above every cloud size
 def test_cuda_knn_matches_cpu(dtype, loop, k):
-    for _, pos, sizes in clouds(dtype):
-        _knn_both(pos, k, _batch(sizes), loop=loop, num_graphs=len(sizes))
+    for _, pos, sizes in point_clouds(dtype):
+        _knn_both(pos, k, batch_of(sizes), loop=loop, num_graphs=len(sizes))
 
 
 @pytest.mark.cuda
@@ -442,7 +412,7 @@ def test_cuda_fps_matches_cpu(dtype):
     g = torch.Generator().manual_seed(2)
     sizes = [300, 0, 1, 57, 1000, 20_000]  # the last does not fit in shared memory
     pos = (torch.rand(sum(sizes), 3, generator=g) * 4).to(dtype)
-    batch = _batch(sizes)
+    batch = batch_of(sizes)
     for ratio in (0.01, 0.5, 1.0):
         for random_start in (False, True):
             kw = dict(ratio=ratio, random_start=random_start, num_graphs=len(sizes))

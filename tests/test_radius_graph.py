@@ -7,12 +7,12 @@ import pytest
 import torch
 from ase import Atoms
 from ase.neighborlist import neighbor_list
-from helpers import NATIVE_BACKENDS_HERE, min_height, random_cell
+from helpers import KERNEL_BACKENDS_HERE, NATIVE_BACKENDS_HERE, min_height, random_cell
 
 from geo3d.ops import canonical_order, radius_graph
 from geo3d.ops.radius_graph import complete_cell
 
-ALL_BACKENDS = ["reference", *NATIVE_BACKENDS_HERE]
+ALL_BACKENDS = ["reference", *KERNEL_BACKENDS_HERE]
 PBC_CASES = [
     (True, True, True),
     (True, False, True),
@@ -56,7 +56,7 @@ def test_matches_ase_on_random_triclinic_cells(backend, pbc):
             assert torch.equal(ours[1], ref[1]), msg
 
 
-@pytest.mark.parametrize("backend", NATIVE_BACKENDS_HERE)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS_HERE)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_native_matches_reference_in_batches(backend, dtype):
     rng = np.random.default_rng(1)
@@ -206,7 +206,7 @@ def test_empty_input():
     assert edge_index.shape == (2, 0) and shifts.shape == (0, 3)
 
 
-@pytest.mark.parametrize("backend", NATIVE_BACKENDS_HERE)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS_HERE)
 def test_env_var_forces_backend(backend, monkeypatch):
     monkeypatch.setenv("GEO3D_RADIUS_GRAPH_BACKEND", "nonsense")
     with pytest.raises(ValueError, match=r"GEO3D_RADIUS_GRAPH_BACKEND"):
@@ -215,7 +215,7 @@ def test_env_var_forces_backend(backend, monkeypatch):
     assert radius_graph(torch.zeros(2, 3), 1.0)[0].shape == (2, 2)
 
 
-@pytest.mark.parametrize("backend", NATIVE_BACKENDS_HERE)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS_HERE)
 def test_op_passes_opcheck_and_compiles(backend):
     pos = torch.rand(40, 3, dtype=torch.float64) * 4
     ptr = torch.tensor([0, 15, 40])

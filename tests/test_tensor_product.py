@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 from e3nn import o3
-from helpers import NATIVE_BACKENDS_HERE
+from helpers import KERNEL_BACKENDS_HERE
 
 from geo3d.nn import (
     ChannelWiseTensorProduct,
@@ -21,7 +21,7 @@ from geo3d.nn import (
 from geo3d.o3 import TPPlan
 from geo3d.ops.tensor_product import tensor_product, tensor_product_conv
 
-BACKENDS = ["reference", *NATIVE_BACKENDS_HERE]
+BACKENDS = ["reference", *KERNEL_BACKENDS_HERE]
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 

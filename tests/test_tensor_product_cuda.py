@@ -9,11 +9,10 @@ must be bitwise reproducible from run to run.
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 from e3nn import o3
+from helpers import random_tp_plan
 
 from geo3d.o3 import TPPlan
 from geo3d.ops import backend_status
@@ -27,26 +26,7 @@ TOL = {torch.float64: 1e-11, torch.float32: 2e-5}
 
 
 def _plan(seed: int, max_mul: int = 40, lmax: int = 3) -> TPPlan:
-    """Random irreps (repeats allowed), all allowed paths, uvu where multiplicities allow, some unweighted."""
-    rng = random.Random(seed)
-    muls = [1, 3, 33, max_mul]
-
-    def ir():
-        return rng.randint(0, lmax), rng.choice((1, -1))
-
-    while True:
-        i1 = o3.Irreps([(rng.choice(muls), ir()) for _ in range(4)])
-        i2 = o3.Irreps([(rng.choice([1, 1, 2]), ir()) for _ in range(3)])
-        out = o3.Irreps([(rng.choice(muls), ir()) for _ in range(5)])
-        ins = []
-        for a, (m1, r1) in enumerate(i1):
-            for b, (_, r2) in enumerate(i2):
-                for c, (mo, ro) in enumerate(out):
-                    if ro in r1 * r2:
-                        mode = "uvu" if m1 == mo and rng.random() < 0.7 else "uvw"
-                        ins.append((a, b, c, mode, mode == "uvw" or rng.random() < 0.8, rng.uniform(0.5, 2)))
-        if ins:
-            return TPPlan(i1, i2, out, ins)
+    return random_tp_plan(seed, max_mul, lmax)
 
 
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

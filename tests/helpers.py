@@ -7,10 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch_geometric.data import Batch
 
-from geo3d.data.shapes import make_shape
-from geo3d.data.transforms import random_rotation
 from geo3d.ops import backend_status
 
 NATIVE_BACKENDS_HERE = [b for b in ("cpu",) if backend_status()[b][0]]
@@ -46,16 +43,22 @@ def as_sets(edge_index: torch.Tensor, shifts: torch.Tensor) -> set[tuple[int, ..
 def procedural_shapes(n: int, points: int = 128) -> list:
     """One Shapes instance of each of the first ``n`` classes (``Data``), seed 0."""
     rng = np.random.default_rng(0)
+    from geo3d.data.shapes import make_shape  # here: the kernel tests import helpers without RDKit
+
     return [make_shape(label, points, rng) for label in range(n)]
 
 
-def moved_batch(shapes: list, seed: int, rotate: bool = True) -> Batch:
+def moved_batch(shapes: list, seed: int, rotate: bool = True):
     """``shapes`` each rotated (SO(3), or not), translated and with its points permuted, as a Batch."""
     return moved_batch_and_order(shapes, seed, rotate)[0]
 
 
-def moved_batch_and_order(shapes: list, seed: int, rotate: bool = True) -> tuple[Batch, torch.Tensor]:
+def moved_batch_and_order(shapes: list, seed: int, rotate: bool = True):
     """:func:`moved_batch` and, per moved point, the index of its original point in the unmoved batch."""
+    from torch_geometric.data import Batch
+
+    from geo3d.data.transforms import random_rotation
+
     g = torch.Generator().manual_seed(seed)
     out, order, offset = [], [], 0
     for s in shapes:

@@ -76,7 +76,9 @@ def _extensions():
     exts = [ext]
     if os.environ.get("GEO3D_NO_CUDASIM", "0") != "1":
         exts.append(_cudasim_extension(CppExtension))
-    return exts, {"build_ext": BuildExtension.with_options(use_ninja=False)}
+    # GEO3D_NINJA=1: parallel builds (MAX_JOBS) where ninja is installed, e.g. benchmarks/gpu_check.sh.
+    use_ninja = os.environ.get("GEO3D_NINJA", "0") == "1"
+    return exts, {"build_ext": BuildExtension.with_options(use_ninja=use_ninja)}
 
 
 def _cudasim_extension(CppExtension):

@@ -28,7 +28,7 @@ if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from tensor_product import CUTOFF, PROBLEMS, water_box  # noqa: E402
+from tensor_product import CUTOFF, PROBLEMS, e3nn_peer_tp, water_box  # noqa: E402
 
 from geo3d.nn import ChannelWiseTensorProductConv  # noqa: E402
 from geo3d.ops import radius_graph  # noqa: E402
@@ -64,14 +64,7 @@ def _median_time(fn, device, repeats: int) -> float:
 
 def _peers(conv: ChannelWiseTensorProductConv, device, dtype):
     """(name, callable(x, sh, w, edge_index)) for each peer that imports here."""
-    tp = o3.TensorProduct(
-        conv.irreps_in1,
-        conv.irreps_in2,
-        conv.irreps_out,
-        [(i.i_in1, i.i_in2, i.i_out, i.mode, i.has_weight) for i in conv.instructions],
-        shared_weights=False,
-        internal_weights=False,
-    ).to(device=device, dtype=dtype)
+    tp = e3nn_peer_tp(conv).to(device=device, dtype=dtype)
 
     def e3nn_conv(x, sh, w, ei):
         return x.new_zeros(x.shape[0], conv.irreps_out.dim).index_add_(0, ei[1], tp(x[ei[0]], sh, w))

@@ -65,6 +65,18 @@ WATER_SPACING = 3.1  # Å per molecule at 1 g/cm^3
 CUTOFF = 4.15
 
 
+def e3nn_peer_tp(conv: ChannelWiseTensorProductConv) -> o3.TensorProduct:
+    """e3nn's TensorProduct with ``conv``'s instructions and per-edge weights (the peer of the conv)."""
+    return o3.TensorProduct(
+        conv.irreps_in1,
+        conv.irreps_in2,
+        conv.irreps_out,
+        [(i.i_in1, i.i_in2, i.i_out, i.mode, i.has_weight) for i in conv.instructions],
+        shared_weights=False,
+        internal_weights=False,
+    )
+
+
 def water_box(n_atoms: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions [N, 3] and cell [3, 3] of a periodic box of randomly oriented water molecules."""
     g = torch.Generator().manual_seed(seed)
@@ -170,14 +182,7 @@ def build(problem: str, n_atoms: int, dtype: torch.dtype, compile_e3nn: bool):
     sh = o3.spherical_harmonics(conv.irreps_in2, vec, normalize=True).to(dtype)
     x = torch.randn(n, conv.dim_in1, generator=g).to(dtype)
     w = torch.randn(edge_index.shape[1], conv.weight_numel, generator=g).to(dtype)
-    tp = o3.TensorProduct(
-        conv.irreps_in1,
-        conv.irreps_in2,
-        conv.irreps_out,
-        [(i.i_in1, i.i_in2, i.i_out, i.mode, i.has_weight) for i in conv.instructions],
-        shared_weights=False,
-        internal_weights=False,
-    ).to(dtype)
+    tp = e3nn_peer_tp(conv).to(dtype)
     src, dst = edge_index
     dim_out = tp.irreps_out.dim  # an int: dynamo cannot guard on e3nn's Irreps (its __len__ raises)
 

@@ -28,3 +28,14 @@ def _private_data_cache(tmp_path_factory):
     patch.setenv("GEO3D_CACHE", str(tmp_path_factory.mktemp("geo3d-cache")))
     yield
     patch.undo()
+
+
+@pytest.fixture
+def sim():
+    """geo3d's CUDA simulator (geo3d._cudasim) on its default device, restored after the test."""
+    from geo3d.ops import _native
+
+    mod = _native.cudasim()
+    mod.configure()
+    yield mod
+    mod.configure()

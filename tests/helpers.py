@@ -167,3 +167,25 @@ def random_pbc_batch(seed: int, sizes: list[int], dtype: torch.dtype):
     frac = -0.3 + 1.6 * torch.rand(len(batch), 3, generator=gen, dtype=torch.float64)
     pos = torch.einsum("nk,nkc->nc", frac, cell[batch]).to(dtype)
     return pos, batch, cell, pbc
+
+
+def check_radius_graph_against_cpu(pos, r, backend: str, device: str = "cpu", **kwargs) -> torch.Tensor:
+    """``backend`` on ``device`` returns the cpu op's edges exactly (content, order, shifts), and the
+    reference's as a set; returns its edge_index (on the CPU)."""
+    from geo3d.ops import canonical_order, radius_graph
+
+    moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    ei, sh = radius_graph(pos.to(device), r, backend=backend, **moved)
+    assert ei.device.type == device and sh.device.type == device
+    assert ei.dtype == torch.long and sh.dtype == torch.long
+    ei, sh = ei.cpu(), sh.cpu()
+    ei_cpu, sh_cpu = radius_graph(pos, r, backend="cpu", **kwargs)
+    assert ei.shape == ei_cpu.shape, f"{backend} found {ei.shape[1]} edges, cpu {ei_cpu.shape[1]}"
+    assert torch.equal(ei, ei_cpu), f"{backend} and cpu edge lists differ (content or order)"
+    assert torch.equal(sh, sh_cpu), f"{backend} and cpu shifts differ"
+    ei_ref, sh_ref = radius_graph(pos, r, backend="reference", **kwargs)
+    ei_can, sh_can = canonical_order(ei, sh)
+    assert torch.equal(ei_can, ei_ref) and torch.equal(sh_can, sh_ref), (
+        f"{backend} differs from the reference"
+    )
+    return ei

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import random_pbc_batch
+from helpers import check_radius_graph_against_cpu, random_pbc_batch
 
-from geo3d.ops import backend_status, canonical_order, radius_graph
+from geo3d.ops import backend_status, radius_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_EXT = ROOT / "cuda_ext"
@@ -82,19 +82,7 @@ def test_radius_graph_kernels_do_not_fuse(tmp_path: Path):
 
 def _check(pos, r, batch=None, cell=None, pbc=None, loop=False, num_graphs=None):
     kwargs = dict(batch=batch, cell=cell, pbc=pbc, loop=loop, num_graphs=num_graphs)
-    cuda_kwargs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-    ei, sh = radius_graph(pos.cuda(), r, backend="cuda", **cuda_kwargs)
-    assert ei.device.type == "cuda" and sh.device.type == "cuda"
-    assert ei.dtype == torch.long and sh.dtype == torch.long
-    ei, sh = ei.cpu(), sh.cpu()
-    ei_cpu, sh_cpu = radius_graph(pos, r, backend="cpu", **kwargs)
-    assert ei.shape == ei_cpu.shape, f"cuda found {ei.shape[1]} edges, cpu {ei_cpu.shape[1]}"
-    assert torch.equal(ei, ei_cpu), "cuda and cpu edge lists differ (content or order)"
-    assert torch.equal(sh, sh_cpu), "cuda and cpu shifts differ"
-    ei_ref, sh_ref = radius_graph(pos, r, backend="reference", **kwargs)
-    ei_can, sh_can = canonical_order(ei, sh)
-    assert torch.equal(ei_can, ei_ref) and torch.equal(sh_can, sh_ref), "cuda differs from the reference"
-    return ei
+    return check_radius_graph_against_cpu(pos, r, "cuda", "cuda", **kwargs)
 
 
 @pytest.mark.cuda

@@ -21,7 +21,7 @@ from e3nn import o3
 from helpers import random_tp_plan
 
 from geo3d.o3 import TPPlan
-from geo3d.ops import _native, backend_status
+from geo3d.ops import backend_status
 from geo3d.ops.tensor_product import (
     tensor_product_backward_reference,
     tensor_product_conv_backward_reference,
@@ -35,11 +35,8 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-5}  # test_tensor_product.py's
 
 
 @pytest.fixture(autouse=True)
-def sim():
-    mod = _native.cudasim()
-    mod.configure()
-    yield mod
-    mod.configure()
+def _fresh_simulator(sim):
+    """Every test starts on the default simulated device (conftest's ``sim``)."""
 
 
 def _ops():

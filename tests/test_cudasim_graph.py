@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import batch_of, point_clouds, random_pbc_batch
+from helpers import batch_of, check_radius_graph_against_cpu, point_clouds, random_pbc_batch
 
-from geo3d.ops import _native, backend_status, canonical_order, radius_graph
+from geo3d.ops import backend_status
 from geo3d.ops.point_ops import fps, knn_graph
 
 SIM_OK, SIM_WHY = backend_status()["cudasim"]
@@ -21,23 +21,12 @@ pytestmark = [pytest.mark.cudasim, pytest.mark.skipif(not SIM_OK, reason=SIM_WHY
 
 
 @pytest.fixture(autouse=True)
-def sim():
-    mod = _native.cudasim()
-    mod.configure()
-    yield mod
-    mod.configure()
+def _fresh_simulator(sim):
+    """Every test starts on the default simulated device (conftest's ``sim``)."""
 
 
 def _same_as_cpu(pos, r, **kw):
-    ei, sh = radius_graph(pos, r, backend="cudasim", **kw)
-    ei_cpu, sh_cpu = radius_graph(pos, r, backend="cpu", **kw)
-    assert ei.shape == ei_cpu.shape, f"cudasim found {ei.shape[1]} edges, cpu {ei_cpu.shape[1]}"
-    assert torch.equal(ei, ei_cpu), "edge lists differ (content or order)"
-    assert torch.equal(sh, sh_cpu), "shifts differ"
-    ei_ref, sh_ref = radius_graph(pos, r, backend="reference", **kw)
-    ei_can, sh_can = canonical_order(ei, sh)
-    assert torch.equal(ei_can, ei_ref) and torch.equal(sh_can, sh_ref), "differs from the reference"
-    return ei
+    return check_radius_graph_against_cpu(pos, r, "cudasim", **kw)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

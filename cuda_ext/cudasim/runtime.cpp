@@ -26,7 +26,13 @@
 #include "cuda_runtime_api.h"
 #include "cudasim.h"
 
-#if defined(__x86_64__)
+// CUDASIM_FAST_SWITCH: the hand-written x86-64 switch; elsewhere (or with
+// -DCUDASIM_UCONTEXT, to test that path on x86-64) POSIX ucontext, slower but portable.
+#if defined(__x86_64__) && !defined(CUDASIM_UCONTEXT)
+#define CUDASIM_FAST_SWITCH 1
+#endif
+
+#if defined(CUDASIM_FAST_SWITCH)
 // cudasim_switch(&save, next): push the callee-saved registers and the FPU control words
 // on this stack, store the stack pointer in *save, load `next` and pop the same from it.
 // cudasim_fiber_start: a new fiber's first return address; calls r12(rbx), never returns.
@@ -52,7 +58,7 @@ constexpr unsigned char kCanary = 0xa5;
 constexpr unsigned char kPoison = 0xff;  // NaN in every float width, -1 in every integer
 
 // ----------------------------------------------------------------------------- context switch
-#if defined(__x86_64__)
+#if defined(CUDASIM_FAST_SWITCH)
 asm(R"(
   .text
   .globl cudasim_switch
@@ -105,7 +111,7 @@ struct Fiber {
   int linear = 0, lane = 0, warp = 0;
   St state = St::Runnable;
   void* sp = nullptr;
-#if !defined(__x86_64__)
+#if !defined(CUDASIM_FAST_SWITCH)
   ucontext_t uc;
 #endif
   Block* block = nullptr;
@@ -169,7 +175,7 @@ struct StackPool {
 
 struct Worker {
   void* sched_sp = nullptr;
-#if !defined(__x86_64__)
+#if !defined(CUDASIM_FAST_SWITCH)
   ucontext_t sched_uc;
 #endif
   Fiber* cur = nullptr;
@@ -196,7 +202,7 @@ Fiber& self() {
 void to_scheduler(Fiber& f) {
   Worker* w = f.block->worker;
   f.block->switches++;
-#if defined(__x86_64__)
+#if defined(CUDASIM_FAST_SWITCH)
   cudasim_switch(&f.sp, w->sched_sp);
 #else
   swapcontext(&f.uc, &w->sched_uc);
@@ -205,7 +211,7 @@ void to_scheduler(Fiber& f) {
 
 void run_fiber(Worker* w, Fiber& f) {
   w->cur = &f;
-#if defined(__x86_64__)
+#if defined(CUDASIM_FAST_SWITCH)
   cudasim_switch(&w->sched_sp, f.sp);
 #else
   swapcontext(&w->sched_uc, &f.uc);
@@ -284,7 +290,7 @@ void fiber_main(void* p) {
   fiber_exit(*f);
 }
 
-#if !defined(__x86_64__)
+#if !defined(CUDASIM_FAST_SWITCH)
 void fiber_trampoline(unsigned hi, unsigned lo) {
   fiber_main(reinterpret_cast<Fiber*>((static_cast<uintptr_t>(hi) << 32) | lo));
 }
@@ -294,7 +300,7 @@ bool prepare_stack(Fiber& f, size_t i, size_t bytes) {
   unsigned char* base = tl_stacks.get(i, bytes);
   if (base == nullptr) return false;
   f.stack = base;
-#if defined(__x86_64__)
+#if defined(CUDASIM_FAST_SWITCH)
   // Initial frame, popped by cudasim_switch: control words, r15 .. rbp, return address.
   // cudasim_fiber_start then runs with rsp 16-byte aligned, as the call in it needs.
   uintptr_t top = (reinterpret_cast<uintptr_t>(base) + bytes) & ~uintptr_t(15);

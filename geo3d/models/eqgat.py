@@ -88,8 +88,8 @@ class EQGATDenoiser(nn.Module):
         batch: Tensor,
         num_graphs: int,
     ) -> dict[str, Tensor]:
-        t_node = t[batch].unsqueeze(-1)
-        t_edge = t_node[edge_index[1]]
+        t_node = t.index_select(0, batch).unsqueeze(-1)
+        t_edge = t_node.index_select(0, edge_index[1])
         s = self.atom_mix(self.atom_in(torch.cat([atoms, charges], -1)) + self.atom_time(t_node))
         e = self.bond_mix(self.bond_in(bonds) + self.bond_time(t_edge))
         v = s.new_zeros(s.shape[0], 3, 1)  # replaced by the first layer
@@ -98,12 +98,14 @@ class EQGATDenoiser(nn.Module):
             s, v, p, e = layer(s, v, p, e, edge_index, batch, num_graphs)
         s = torch.nn.functional.silu(self.head_s(s))
         x0 = p + self.head_coord(v).squeeze(-1)
-        x0 = x0 - scatter(x0, batch, 0, num_graphs, "mean")[batch]
+        x0 = x0 - scatter(x0, batch, 0, num_graphs, "mean").index_select(0, batch)
         logits = self.head_atoms(s)
         j, i = edge_index[0], edge_index[1]
-        e_sym = 0.5 * (e + e[reverse])
-        d2 = ((x0[i] - x0[j]) ** 2).sum(-1, keepdim=True)
-        bond_logits = self.head_bond(torch.cat([s[i] + s[j] + self.head_bond_edge(e_sym), d2], -1))
+        e_sym = 0.5 * (e + e.index_select(0, reverse))
+        d2 = ((x0.index_select(0, i) - x0.index_select(0, j)) ** 2).sum(-1, keepdim=True)
+        bond_logits = self.head_bond(
+            torch.cat([s.index_select(0, i) + s.index_select(0, j) + self.head_bond_edge(e_sym), d2], -1)
+        )
         return {
             "pos": x0,
             "atom_logits": logits[:, : self.num_atom_types],

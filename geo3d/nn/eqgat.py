@@ -23,8 +23,8 @@ from geo3d.ops import scatter
 def scatter_softmax(logits: Tensor, index: Tensor, num_nodes: int) -> Tensor:
     """Softmax of ``[E, C]`` logits over the edges sharing a receiver, per channel."""
     amax = scatter(logits.detach(), index, 0, num_nodes, "max")
-    ex = torch.exp(logits - amax[index])
-    return ex / (scatter(ex, index, 0, num_nodes, "sum")[index] + 1e-16)
+    ex = torch.exp(logits - amax.index_select(0, index))
+    return ex / (scatter(ex, index, 0, num_nodes, "sum").index_select(0, index) + 1e-16)
 
 
 class GraphNorm(nn.Module):
@@ -43,12 +43,16 @@ class GraphNorm(nn.Module):
     def forward(
         self, s: Tensor, v: Tensor | None, batch: Tensor, num_graphs: int
     ) -> tuple[Tensor, Tensor | None]:
-        mean = scatter(s.mean(-1, keepdim=True), batch, 0, num_graphs, "mean")[batch]
+        mean = scatter(s.mean(-1, keepdim=True), batch, 0, num_graphs, "mean").index_select(0, batch)
         centred = s - mean
-        var = scatter((centred * centred).mean(-1, keepdim=True), batch, 0, num_graphs, "mean")[batch]
+        var = scatter((centred * centred).mean(-1, keepdim=True), batch, 0, num_graphs, "mean").index_select(
+            0, batch
+        )
         s = centred / torch.sqrt(var + self.eps) * self.weight + self.bias
         if v is not None:
-            sq = scatter((v * v).sum(1).mean(-1, keepdim=True), batch, 0, num_graphs, "mean")[batch]
+            sq = scatter((v * v).sum(1).mean(-1, keepdim=True), batch, 0, num_graphs, "mean").index_select(
+                0, batch
+            )
             v = v / torch.sqrt(sq + self.eps).unsqueeze(1)
         return s, v
 
@@ -143,8 +147,8 @@ class EQGATLayer(nn.Module):
         sd = self.s_dim
         node_i = s @ w[:, :sd].T
         node_j = s @ w[:, sd : 2 * sd].T
-        rest = torch.cat([dist, dot, e, norm_p[i], norm_p[j]], dim=-1)
-        return node_i[i] + node_j[j] + torch.addmm(b, rest, w[:, 2 * sd :].T)
+        rest = torch.cat([dist, dot, e, norm_p.index_select(0, i), norm_p.index_select(0, j)], dim=-1)
+        return node_i.index_select(0, i) + node_j.index_select(0, j) + torch.addmm(b, rest, w[:, 2 * sd :].T)
 
     def forward(
         self,
@@ -162,10 +166,10 @@ class EQGATLayer(nn.Module):
         if self.first:
             v = s.new_zeros(n, 3, self.v_dim)
         # Geometry recomputed from the current positions (EQGAT-diff recomputes per layer).
-        vec = pos[j] - pos[i]  # [E, 3]
+        vec = pos.index_select(0, j) - pos.index_select(0, i)  # [E, 3]
         dist = torch.sqrt((vec * vec).sum(-1, keepdim=True).clamp_min(1e-6))  # [E, 1]
         r_hat = vec / (1.0 + dist)
-        dot = (pos[i] * pos[j]).sum(-1, keepdim=True)
+        dot = (pos.index_select(0, i) * pos.index_select(0, j)).sum(-1, keepdim=True)
         norm_p = pos.norm(dim=-1, keepdim=True)
         e = self.edge_pre(e)
         h = self.edge_mlp[2](torch.nn.functional.silu(self._edge_hidden(s, dist, dot, e, norm_p, i, j)))
@@ -173,12 +177,12 @@ class EQGATLayer(nn.Module):
         att, coef, e_upd, gate = torch.split(h, [self.s_dim, n_coef, self.e_dim, 1], dim=-1)
 
         alpha = scatter_softmax(att, i, n)
-        s = s + scatter(alpha * self.w_s(s)[j], i, 0, n, "sum")
+        s = s + scatter(alpha * self.w_s(s).index_select(0, j), i, 0, n, "sum")
 
         v = v + self.messages(r_hat, coef, None if self.first else self.w_v(v), edge_index, n)
 
         m = scatter(gate * r_hat, i, 0, n, "mean")  # [N, 3]
-        m_norm = scatter(m.norm(dim=-1, keepdim=True), batch, 0, num_graphs, "mean")[batch]
+        m_norm = scatter(m.norm(dim=-1, keepdim=True), batch, 0, num_graphs, "mean").index_select(0, batch)
         pos = pos + self.pos_scale * m / (m_norm + 1e-5)
 
         e = self.edge_post(torch.nn.functional.silu(e_upd + e))

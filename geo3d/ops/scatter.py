@@ -8,6 +8,7 @@ two when it is).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 _REDUCE = {"sum": "sum", "add": "sum", "mean": "mean", "max": "amax", "min": "amin"}
@@ -40,7 +41,18 @@ def scatter(
     shape[dim] = dim_size
     if reduce in ("sum", "add"):
         return src.new_zeros(shape).index_add_(dim, index, src)
+    if reduce == "mean":
+        # index_add_ and a division by the counts: the same sums and result as scatter_reduce's
+        # "mean", ~3x faster on CPU forward and backward (its expanded index is a full-size tensor).
+        total = src.new_zeros(shape).index_add_(dim, index, src)
+        count_view = [1] * src.dim()
+        count_view[dim] = dim_size
+        counts = torch.bincount(index, minlength=dim_size).clamp_min(1).to(src.dtype)
+        return total / counts.view(count_view)
     view = [1] * src.dim()
     view[dim] = -1
+    # A strided src (a column slice of a wider tensor) takes scatter_reduce's slow path: ~7x
+    # slower on an [E, 128] slice of [E, 225] than copying it first.
+    src = src.contiguous()
     expanded = index.view(view).expand_as(src)
     return src.new_zeros(shape).scatter_reduce_(dim, expanded, src, _REDUCE[reduce], include_self=False)

@@ -44,6 +44,12 @@ class TrainConfig(_Strict):
     # before it exits; otherwise the work since the last epoch's validation would never be scored.
     eval_on_stop: bool = True
     num_workers: int = Field(0, ge=0)
+    # bfloat16: forward and loss under autocast (geo3d.train.precision); weights, gradients and
+    # optimizer stay float32.
+    precision: Literal["float32", "bfloat16"] = "float32"
+    # torch.compile the model's hot part for training (a model's ``compile_for_training()``,
+    # else the whole module; dynamic shapes). The state_dict keys do not change.
+    compile: bool = False
     # Warm start: a shipped model name or checkpoint path whose architecture config and
     # weights (raw and EMA) seed a fresh run; ignored when out_dir already holds last.pt.
     # A checkpoint of another architecture seeds the part of this model that declares it

@@ -43,6 +43,7 @@ from geo3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from geo3d.models.registry import resolve_model
 from geo3d.train.config import ExperimentConfig
 from geo3d.train.ema import EMA
+from geo3d.train.precision import autocast_context
 from geo3d.train.run_log import RunLog
 
 console = Console()
@@ -147,10 +148,18 @@ def train(
     else:
         model_config = task.model_config(train_set)
     model = task.build_model(model_config).to(dev)
+    if tc.compile:
+        compile_model(model)
     if state is None and tc.init_from is not None:
         _warm_start(model, task.arch, init, f"{init_path} (train.init_from)")
+    # fused: one C++ kernel over all parameters on the CPU (~4% of an EQGAT step against the
+    # per-parameter loop); the same update and the same state_dict, so resumes are unaffected.
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, amsgrad=cfg.optim.amsgrad
+        model.parameters(),
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        amsgrad=cfg.optim.amsgrad,
+        fused=dev.type in ("cpu", "cuda") and all(p.is_floating_point() for p in model.parameters()),
     )
     ema = EMA(model, tc.ema_decay)
     if state is None and tc.init_from is not None:
@@ -265,7 +274,8 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 generator.manual_seed(tc.seed * 1_000_003 + 7_919 * step + rank)
-                loss, parts = task.loss(ddp_model, batch, generator)
+                with autocast_context(tc.precision, dev.type):
+                    loss, parts = task.loss(ddp_model, batch, generator)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite loss at step {step} (parts: {parts})")
                 optimizer.zero_grad(set_to_none=True)
@@ -308,6 +318,16 @@ def train(
         why = "stopped (time/step limit)" if stopped_early else "finished"
         console.print(f"{why} at epoch {epoch}, step {step}; checkpoints in {out}")
     return best_path if best_path.is_file() else last_path
+
+
+def compile_model(model: nn.Module) -> None:
+    """``train.compile``: compile in place (``nn.Module.compile``), so parameters, state_dict
+    keys and checkpoints stay those of the eager model."""
+    hook = getattr(model, "compile_for_training", None)
+    if hook is not None:
+        hook()
+    else:
+        model.compile(dynamic=True)
 
 
 def learning_rate(cfg: ExperimentConfig, step: int, total_steps: int) -> float:

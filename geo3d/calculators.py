@@ -15,10 +15,19 @@ default is no skin: geo3d's radius graph is cheap next to the model, and the
 they save (measured with ``benchmarks/potential_md.py --skin``, cu-emt, 2 cores:
 8.66 vs 7.69 MD steps/s at 864 atoms, 0.786 vs 0.692 at 10,976). A skin pays
 where the list is expensive relative to the model.
+
+Extrapolation: a potential whose checkpoint carries a training domain
+(:mod:`geo3d.models.potential_domain`) reports with every calculation how far
+outside what it was trained on each atom is: ``results["extrapolations"]``
+(per atom) and ``results["extrapolation"]`` (the structure's largest). Above
+``extrapolation_threshold`` (default 2.0) the calculator warns once
+(:class:`ExtrapolationWarning`); ``strict=True`` raises
+:class:`~geo3d.models.potential_domain.ExtrapolationError` instead.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import ClassVar
 
 import numpy as np
@@ -29,11 +38,20 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from geo3d.checkpoint import CheckpointError
 from geo3d.data.atomistic import atoms_to_data
+from geo3d.graph.edges import edge_vectors
+from geo3d.models.potential_domain import THRESHOLD, ExtrapolationError, describe_atom
 from geo3d.models.registry import load_model
 from geo3d.ops.radius_graph import radius_graph
-from geo3d.runtime import retain_freed_memory
+from geo3d.runtime import resolve_device, retain_freed_memory
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Closer than this, two atoms are one atom typed twice: the edge direction is undefined
+# (the spherical harmonics give NaN) and no potential has seen such a pair.
+MIN_DISTANCE = 1e-2  # Å
+
+
+class ExtrapolationWarning(UserWarning):
+    """A structure outside the potential's training domain (``Geo3DCalculator``, once per calculator)."""
 
 
 class Geo3DCalculator(Calculator):
@@ -49,13 +67,26 @@ class Geo3DCalculator(Calculator):
             ~10k atoms on CPU). Process-wide; pass False to leave malloc alone.
         compile: run the model's energy through ``torch.compile`` (the first call
             compiles, about a minute on 2 CPU cores; see ``InteratomicPotential.compile_energy``).
+        strict: raise :class:`ExtrapolationError` for a structure whose extrapolation
+            exceeds ``extrapolation_threshold``, instead of warning once.
+        extrapolation_threshold: where the warning (or error) starts; 1 is the edge of
+            the training set, the default 2.0 is measured to keep in-domain cases quiet.
 
     Raises:
         CheckpointError: the checkpoint is not a geo3d potential.
-        ValueError: an unknown dtype.
+        ValueError: an unknown dtype, a device that is not there, a negative skin; at
+            calculation time, atoms closer than ``MIN_DISTANCE``, a singular periodic cell.
     """
 
-    implemented_properties: ClassVar[list[str]] = ["energy", "free_energy", "energies", "forces", "stress"]
+    implemented_properties: ClassVar[list[str]] = [
+        "energy",
+        "free_energy",
+        "energies",
+        "forces",
+        "stress",
+        "extrapolation",
+        "extrapolations",
+    ]
 
     def __init__(
         self,
@@ -65,15 +96,19 @@ class Geo3DCalculator(Calculator):
         skin: float = 0.0,
         retain_memory: bool = True,
         compile: bool = False,
+        strict: bool = False,
+        extrapolation_threshold: float = THRESHOLD,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if retain_memory:
-            retain_freed_memory()
         if default_dtype not in DTYPES:
             raise ValueError(f"default_dtype={default_dtype!r}: choose one of {', '.join(DTYPES)}")
+        if not skin >= 0:  # also refuses NaN
+            raise ValueError(f"Geo3DCalculator: skin={skin!r} Å; the Verlet skin must be >= 0")
+        if retain_memory:
+            retain_freed_memory()
         self.dtype = DTYPES[default_dtype]
-        self.device = torch.device(device)
+        self.device = resolve_device(device, "Geo3DCalculator")
         net = load_model(model, device=self.device, dtype=self.dtype)
         arch = net.geo3d_checkpoint.get("arch")
         if arch != "potential":
@@ -81,8 +116,19 @@ class Geo3DCalculator(Calculator):
                 f"{net.geo3d_checkpoint.get('path', model)}: holds a {arch!r} model, not a geo3d potential"
             )
         self.net = net.compile_energy() if compile else net
+        self.model_name = str(net.geo3d_checkpoint.get("path", model))
         self.r_max = net.r_max
         self.skin = float(skin)
+        self.strict = bool(strict)
+        self.extrapolation_threshold = float(extrapolation_threshold)
+        self._warned = False
+        if net.domain is None:
+            warnings.warn(
+                f"{self.model_name}: the checkpoint has no training domain, so results carry no "
+                "'extrapolation' (refit it with benchmarks/potential_extrapolation.py --refit)",
+                ExtrapolationWarning,
+                stacklevel=2,
+            )
         self._graph = None  # (edge_index, shifts, positions at build, cell, pbc, numbers)
         self.neighbor_list_builds = 0
 
@@ -126,8 +172,11 @@ class Geo3DCalculator(Calculator):
         data = data.to(self.device)
         edge_index, shifts = self._neighbours(atoms, data.pos, data.cell[0], data.pbc[0])
         data.edge_index, data.shifts = edge_index.to(self.device), shifts.to(self.device)
+        self._refuse_coincident(data)
         periodic = bool(atoms.pbc.all())
         out = self.net(data, compute_forces=True, compute_stress=periodic)
+        if "extrapolation" in out:
+            self._check_domain(atoms, data, out)
         energy = float(out["energy"].detach().sum())
         self.results = {
             "energy": energy,
@@ -135,6 +184,50 @@ class Geo3DCalculator(Calculator):
             "energies": out["energies"].detach().cpu().double().numpy(),
             "forces": out["forces"].detach().cpu().double().numpy(),
         }
+        if "extrapolation" in out:
+            per_atom = out["extrapolation"].numpy()
+            self.results["extrapolations"] = per_atom
+            self.results["extrapolation"] = float(per_atom.max()) if len(per_atom) else 0.0
         if periodic:
             stress = out["stress"][0].detach().cpu().double().numpy()
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+
+    def _refuse_coincident(self, data) -> None:
+        """Two atoms (or an atom and a periodic image) closer than ``MIN_DISTANCE``: name them."""
+        ei = data.edge_index
+        if ei.shape[1] == 0:
+            return
+        batch = torch.zeros(data.pos.shape[0], dtype=torch.long, device=data.pos.device)
+        lengths = edge_vectors(data.pos, ei, data.shifts, data.cell.reshape(-1, 3, 3), batch).norm(dim=1)
+        k = int(lengths.argmin())
+        if float(lengths[k]) < MIN_DISTANCE:
+            j, i = int(ei[0, k]), int(ei[1, k])
+            image = "" if data.shifts is None or not data.shifts[k].any() else " (a periodic image)"
+            raise ValueError(
+                f"Geo3DCalculator: atoms {i} and {j}{image} are {float(lengths[k]):.3g} Å apart "
+                f"(< {MIN_DISTANCE} Å): coincident atoms have no energy; remove the duplicate"
+            )
+
+    def _check_domain(self, atoms: Atoms, data, out) -> None:
+        """Warn once (or raise with ``strict``) when the structure is outside the training domain."""
+        ext = out["extrapolation"]
+        if ext.numel() == 0 or float(ext.max()) <= self.extrapolation_threshold:
+            return
+        if self._warned and not self.strict:
+            return
+        atom = int(ext.argmax())
+        domain = self.net.domain
+        parts = domain.components(self.net.species(data.z), out["features"], data.edge_index, out["lengths"])
+        flagged = int((ext > self.extrapolation_threshold).sum())
+        message = (
+            f"{self.model_name}: {flagged} of {len(atoms)} atoms lie outside the training domain "
+            f"(threshold {self.extrapolation_threshold}); worst "
+            f"{describe_atom(parts, atom, atoms.get_chemical_symbols()[atom])}. Energies and forces "
+            "there are extrapolated; results['extrapolations'] has every atom's value"
+        )
+        if self.strict:
+            raise ExtrapolationError(message)
+        self._warned = True
+        warnings.warn(
+            message + " (warned once per calculator; strict=True raises)", ExtrapolationWarning, stacklevel=3
+        )

@@ -13,7 +13,6 @@ Files are written atomically (temporary file in the same folder, fsync,
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -96,8 +95,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # Any failure of the loader is the file's fault: a plain pickle (torch's legacy reader then
+    # raises a bare KeyError), a zip of something else, a truncated file, foreign classes.
+    except Exception as exc:
+        text = str(exc).strip()
+        first_line = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
         raise CheckpointError(
             f"{path}: not a geo3d checkpoint (torch.load(weights_only=True) refused it: {first_line})"
         ) from exc

@@ -15,6 +15,8 @@ import ctypes.util
 import functools
 import sys
 
+import torch
+
 _M_TRIM_THRESHOLD = -1  # from glibc's <malloc.h>
 _M_MMAP_MAX = -4
 _TRIM_THRESHOLD = 2**31 - 1  # the largest value mallopt's int argument takes
@@ -49,3 +51,27 @@ def retain_freed_memory() -> bool:
     trim = mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
     mmap = mallopt(_M_MMAP_MAX, 0) == 1
     return trim and mmap
+
+
+def resolve_device(device: str | torch.device, where: str) -> torch.device:
+    """``torch.device(device)``, checked: a CUDA device on a build or machine without one is a
+    ``ValueError`` that says which device, where it was asked for and why it is not there."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"{where}: device={device!r} is not a torch device ({exc})") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None:
+            raise ValueError(
+                f"{where}: device={device!r}, but this torch ({torch.__version__}) is a CPU-only build; "
+                "install a CUDA build of torch or use device='cpu'"
+            )
+        if not torch.cuda.is_available():
+            raise ValueError(f"{where}: device={device!r}, but no CUDA GPU is visible to this process")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{where}: device={device!r}, but only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+    elif dev.type not in ("cpu", "meta", "mps", "xpu"):
+        raise ValueError(f"{where}: device={device!r}: use 'cpu' or 'cuda'")
+    return dev

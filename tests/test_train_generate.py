@@ -299,6 +299,9 @@ def test_train_a_potential_and_use_it_in_ase(tmp_path):
     ckpt = load_checkpoint(best)
     assert ckpt["arch"] == "potential" and ckpt["metrics"]["forces_mae_meV_A"] > 0
     assert len(ckpt["config"]["e0"]) == len(ckpt["config"]["elements"]) == 2  # Cu and Au, fitted
+    # The training domain is refitted at validation and kept; validation reports the signal.
+    assert len(ckpt["config"]["domain"]["feature_representatives"]) == 2
+    assert ckpt["metrics"]["extrapolation_max"] > 0
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
     atoms.calc = Geo3DCalculator(model=str(best))
     assert abs(atoms.get_potential_energy()) < 10 * len(atoms)

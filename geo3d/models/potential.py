@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from geo3d.graph.edges import edge_vectors
 from geo3d.graph.radial import RadialEmbedding
+from geo3d.models.potential_domain import TrainingDomain
 from geo3d.models.registry import register_architecture
 from geo3d.nn import ChannelWiseTensorProductConv
 from geo3d.ops.scatter import scatter
@@ -91,7 +92,7 @@ class InteratomicPotential(nn.Module):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
         cfg = {**DEFAULTS, **config}
-        unknown = set(cfg) - set(DEFAULTS) - {"elements", "e0"}
+        unknown = set(cfg) - set(DEFAULTS) - {"elements", "e0", "domain"}
         if unknown:
             raise ValueError(f"potential config: unknown keys {sorted(unknown)}")
         if not cfg.get("elements"):
@@ -118,7 +119,13 @@ class InteratomicPotential(nn.Module):
             self.blocks.append(block)
             irreps = block.irreps_out
         self.readout = o3.Linear(irreps, o3.Irreps("1x0e"))
-        self._inference_energies = self.atom_energies  # compile_energy() swaps in a compiled one
+        # The invariant (0e) channels of the last block: the features the readout sees and
+        # the training domain measures distances in (geo3d.models.potential_domain).
+        self.register_buffer(
+            "feature_channels", torch.tensor([k for k, ir in _scalar_channels(irreps)]), persistent=False
+        )
+        self._inference_energies = self.energies_and_features  # compile_energy() swaps in a compiled one
+        self.domain = TrainingDomain(cfg["domain"]) if cfg.get("domain") else None
 
     def species(self, z: Tensor) -> Tensor:
         """Index of each atom's element in ``elements``; raises for an element the model does not know."""
@@ -134,7 +141,7 @@ class InteratomicPotential(nn.Module):
             )
         return idx
 
-    def atom_energies(
+    def energies_and_features(
         self,
         pos: Tensor,
         cell: Tensor,
@@ -142,33 +149,43 @@ class InteratomicPotential(nn.Module):
         species: Tensor,
         edge_index: Tensor,
         shifts: Tensor | None,
-    ) -> Tensor:
-        """Per-atom energies ``[N]`` from positions ``[N, 3]``, cells ``[B, 3, 3]``, graph index
-        ``batch [N]``, element indices ``species [N]`` and the radius graph (``edge_index [2, E]``,
-        ``shifts [E, 3]`` or None): the part of the model that ``compile_energy`` compiles."""
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-atom energies ``[N]``, last-block invariant features ``[N, F]`` and edge lengths
+        ``[E]`` from positions ``[N, 3]``, cells ``[B, 3, 3]``, graph index ``batch [N]``, element
+        indices ``species [N]`` and the radius graph (``edge_index [2, E]``, ``shifts [E, 3]`` or
+        None): the part of the model that ``compile_energy`` compiles."""
         vec = edge_vectors(pos, edge_index, shifts, cell, batch)
         sh = self.sh(vec)
-        radial = self.radial_embedding(vec.norm(dim=1))
+        lengths = vec.norm(dim=1)
+        radial = self.radial_embedding(lengths)
         x = self.embed(nn.functional.one_hot(species, len(self.elements)).to(pos.dtype))
         for block in self.blocks:
             x = block(x, sh, radial, edge_index)
-        return self.scale * self.readout(x).squeeze(-1) + self.shift + self.e0.to(pos.dtype)[species]
+        energies = self.scale * self.readout(x).squeeze(-1) + self.shift + self.e0.to(pos.dtype)[species]
+        return energies, x.index_select(1, self.feature_channels), lengths
+
+    def atom_energies(self, *args: Tensor | None) -> Tensor:
+        """Per-atom energies ``[N]`` (the arguments of ``energies_and_features``)."""
+        return self.energies_and_features(*args)[0]
 
     def compile_energy(self, **options: Any) -> InteratomicPotential:
-        """Run ``atom_energies`` through ``torch.compile`` (``dynamic=True``: atom and edge
+        """Run ``energies_and_features`` through ``torch.compile`` (``dynamic=True``: atom and edge
         counts change between calls) for inference: energies, forces and stress. Training
         (``training=True``, forces differentiated again) stays eager: AOTAutograd has no
         double backward. Returns ``self``.
         """
-        self._inference_energies = torch.compile(self.atom_energies, dynamic=True, **options)
+        self._inference_energies = torch.compile(self.energies_and_features, dynamic=True, **options)
         return self
 
     def forward(
         self, data, compute_forces: bool = True, compute_stress: bool = False, training: bool = False
     ):
-        """Returns a dict: ``energy [B]``, ``energies [N]`` (per atom), and ``forces [N, 3]``,
-        ``stress [B, 3, 3]`` (eV/Å^3, ASE's sign) when asked. ``training=True`` keeps
-        the graph of the forces so that a force loss can be differentiated.
+        """Returns a dict: ``energy [B]``, ``energies [N]`` (per atom), ``features [N, F]``
+        (last-block invariants, detached), ``lengths [E]`` (edge lengths, detached), and
+        ``forces [N, 3]``, ``stress [B, 3, 3]`` (eV/Å^3, ASE's sign) when asked, and
+        ``extrapolation [N]`` (float64, CPU) when the model has a training domain.
+        ``training=True`` keeps the graph of the forces so that a force loss can be
+        differentiated.
         """
         pos, z = data.pos, data.z
         n = pos.shape[0]
@@ -184,10 +201,19 @@ class InteratomicPotential(nn.Module):
             sym = 0.5 * (strain + strain.transpose(1, 2))
             pos = pos + torch.einsum("ni,nij->nj", pos, sym[batch])
             cell = cell + torch.bmm(cell, sym)
-        energies_fn = self.atom_energies if training else self._inference_energies
-        energies = energies_fn(pos, cell, batch, species, data.edge_index, getattr(data, "shifts", None))
+        energies_fn = self.energies_and_features if training else self._inference_energies
+        energies, features, lengths = energies_fn(
+            pos, cell, batch, species, data.edge_index, getattr(data, "shifts", None)
+        )
         energy = scatter(energies, batch, dim=0, dim_size=num_graphs)
-        out = {"energy": energy, "energies": energies}
+        out = {
+            "energy": energy,
+            "energies": energies,
+            "features": features.detach(),
+            "lengths": lengths.detach(),
+        }
+        if self.domain is not None and not training:
+            out["extrapolation"] = self.domain.extrapolation(species, features, data.edge_index, lengths)
         wrt = []
         if compute_forces:
             wrt.append(leaf)
@@ -203,6 +229,16 @@ class InteratomicPotential(nn.Module):
                     raise ValueError("stress needs a cell with non-zero volume")
                 out["stress"] = grads[-1] / volume[:, None, None]
         return out
+
+
+def _scalar_channels(irreps: o3.Irreps) -> list[tuple[int, o3.Irrep]]:
+    """(index, irrep) of every 0e component of a feature vector with these irreps."""
+    out, offset = [], 0
+    for mul, ir in irreps:
+        if ir.l == 0 and ir.p == 1:
+            out.extend((offset + k, ir) for k in range(mul))
+        offset += mul * ir.dim
+    return out
 
 
 @register_architecture("potential")

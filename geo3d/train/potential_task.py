@@ -26,6 +26,8 @@ class PotentialTask:
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
+        self._train_set: list | None = None
+        self._domain: dict[str, Any] | None = None
 
     def _read(self, path: str) -> list:
         d = self.cfg.data
@@ -56,6 +58,7 @@ class PotentialTask:
             train = train[: d.limit_train]
         if d.limit_val:
             val = val[: d.limit_val]
+        self._train_set = train
         return train, val
 
     def model_config(self, train_set: Dataset) -> dict[str, Any]:
@@ -105,12 +108,27 @@ class PotentialTask:
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
     def evaluate(self, model: nn.Module, val_set: Dataset) -> dict[str, float]:
+        """Errors on ``val_set`` and its extrapolation against the training domain, refitted
+        here on the training set with the weights being validated (the EMA ones)."""
+        from geo3d.models.potential_domain import TrainingDomain, fit_model_domain
+
+        if self._train_set is not None:
+            self._domain = fit_model_domain(model, self._train_set)
+            model.domain = TrainingDomain(self._domain)
         return evaluate_potential(model, val_set)
+
+    def fitted_config(self) -> dict[str, Any]:
+        """Model-config entries fitted at validation that the checkpoint keeps: the training domain."""
+        return {} if self._domain is None else {"domain": self._domain}
 
 
 def evaluate_potential(model: nn.Module, frames, batch_size: int = 8) -> dict[str, float]:
-    """Energy per atom (meV/atom), force (meV/Å) and stress (meV/Å^3) MAE and RMSE over ``frames``."""
-    de, df, ds = [], [], []
+    """Energy per atom (meV/atom), force (meV/Å) and stress (meV/Å^3) MAE and RMSE over ``frames``;
+    with a training domain also the structures' extrapolation (median, max, and the share above
+    the calculator's warning threshold)."""
+    from geo3d.models.potential_domain import THRESHOLD
+
+    de, df, ds, ext = [], [], [], []
     with torch.enable_grad():  # forces are gradients, even under the trainer's no_grad
         for start in range(0, len(frames), batch_size):
             batch = Batch.from_data_list(list(frames[start : start + batch_size]))
@@ -121,10 +139,18 @@ def evaluate_potential(model: nn.Module, frames, batch_size: int = 8) -> dict[st
             df.append((pred["forces"] - batch.forces).detach().reshape(-1))
             if has_stress:
                 ds.append((pred["stress"] - batch.stress).detach().reshape(-1))
+            if "extrapolation" in pred:
+                per_graph = torch.zeros(batch.num_graphs, dtype=torch.float64)
+                ext.append(per_graph.scatter_reduce(0, batch.batch.cpu(), pred["extrapolation"], "amax"))
     metrics = {}
     for name, errs, unit in (("energy", de, "meV_atom"), ("forces", df, "meV_A"), ("stress", ds, "meV_A3")):
         if errs:
             e = torch.cat(errs) * 1000
             metrics[f"{name}_mae_{unit}"] = float(e.abs().mean())
             metrics[f"{name}_rmse_{unit}"] = float(e.square().mean().sqrt())
+    if ext:
+        x = torch.cat(ext)
+        metrics["extrapolation_median"] = float(x.median())
+        metrics["extrapolation_max"] = float(x.max())
+        metrics["extrapolated_fraction"] = float((x > THRESHOLD).double().mean())
     return metrics

@@ -188,11 +188,13 @@ def train(
     def save(path: Path, metrics: dict[str, Any]) -> None:
         if rank != 0:
             return
+        # Entries a task fits at validation (a potential's training domain) join the config.
+        fitted = task.fitted_config() if hasattr(task, "fitted_config") else {}
         save_checkpoint(
             path,
             arch=task.arch,
             task=task.name,
-            config=model_config,
+            config={**model_config, **fitted},
             state_dict=ema.shadow,
             metrics={"headline": task.headline, **metrics},
             extra={

@@ -341,30 +341,49 @@ def detect(
         None, "--plot", help="Also draw a PNG: top and side views, points coloured by class, boxes labelled."
     ),
     side_view: bool = typer.Option(True, "--side-view/--no-side-view", help="Add the side (x-z) view."),
-    score_threshold: float = typer.Option(
-        0.5,
+    score_threshold: float | None = typer.Option(
+        None,
         "--score-threshold",
         min=0.0,
         max=1.0,
-        help="Keep boxes scoring above this (VoteNet's demo: 0.5).",
+        help="Keep boxes scoring above this (default: the one calibrated on validation scenes and kept "
+        "in the checkpoint, else 0.5).",
     ),
     nms_iou: float = typer.Option(0.25, "--nms-iou", min=0.0, max=1.0, help="3D NMS IoU, per class."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the subsampling / padding."),
+    keep_duplicates: bool = typer.Option(
+        False,
+        "--keep-duplicates",
+        help="Skip the class-agnostic suppression of boxes whose centres are within half an object size.",
+    ),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="Seed of the point priorities: which points a large scan keeps and where APEN's random "
+        "initial parts start. The same file and seed give the same boxes on any run.",
+    ),
     device: str = typer.Option("cpu", help="cpu or cuda."),
 ) -> None:
     """Find objects in a scan; write {"boxes": [{"class", "score", "centre", "size", "yaw"}]}.
 
     The scan is brought to the point count the model was trained on (its
-    config's num_points): subsampled uniformly at random without replacement
-    when larger, padded by repeating random points when smaller. Boxes are in
+    config's num_points): a uniform subsample when larger, repeated points when
+    smaller, chosen by per-point priorities that move with the scan (see
+    geo3d.detect), so the same file gives the same boxes and a rotated scan the
+    rotated boxes. Boxes are in
     the scan's coordinates: centre and full size (dx, dy, dz) in metres, yaw
     (radians, counter-clockwise about +z, in [-pi, pi)) of the box's x axis.
     """
-    import torch
 
     from geo3d.checkpoint import CheckpointError
     from geo3d.data.scan_files import ScanFileError, read_point_cloud
-    from geo3d.detect import boxes_json, fit_points, plot_detections, write_json
+    from geo3d.detect import (
+        DUPLICATE_FRACTION,
+        boxes_json,
+        calibrated_score_threshold,
+        fit_points,
+        plot_detections,
+        write_json,
+    )
     from geo3d.detect import detect as run_detector
     from geo3d.models.registry import load_model
 
@@ -381,20 +400,28 @@ def detect(
         _fail(str(exc))
     if config.get("use_normals") and getattr(points, "normal", None) is None:
         _fail(f"{scan}: {model} was trained with normals; the file has none (PLY nx ny nz, or 6 columns)")
-    points, note = fit_points(points, int(config["num_points"]), torch.Generator().manual_seed(seed))
+    points, note = fit_points(points, int(config["num_points"]), seed)
     t0 = time.perf_counter()
     try:
-        result = run_detector(net, points, nms_iou=nms_iou, score_threshold=score_threshold)
+        result = run_detector(
+            net,
+            points,
+            nms_iou=nms_iou,
+            score_threshold=score_threshold,
+            duplicate_fraction=None if keep_duplicates else DUPLICATE_FRACTION,
+            seed=seed,
+        )
     except ValueError as exc:
         _fail(f"{scan}: {exc}")
     elapsed = time.perf_counter() - t0
+    threshold = calibrated_score_threshold(net) if score_threshold is None else score_threshold
     class_names = list(config.get("class_names", []))
     payload = boxes_json(result, class_names)
     write_json(payload, output)
     err = Console(stderr=True)
     err.print(f"{scan}: {note}")
     err.print(
-        f"{len(payload['boxes'])} boxes above {score_threshold} in {elapsed:.2f} s "
+        f"{len(payload['boxes'])} boxes above {threshold} in {elapsed:.2f} s "
         f"({len(points.pos) / elapsed:,.0f} points/s); wrote {output}"
     )
     if plot is not None:

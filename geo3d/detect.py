@@ -1,17 +1,35 @@
 """``geo3d detect``: 3D boxes in a user's scan with a trained detector, as JSON and an optional picture.
 
-The scan (any file :func:`geo3d.data.scan_files.read_point_cloud` reads) is
-brought to the point count the detector was trained on (``num_points`` in its
-checkpoint's config): a larger scan is subsampled uniformly at random without
-replacement (the training scenes are area-uniform samples, so this keeps their
-density), a smaller one is padded by repeating randomly chosen points
-(duplicates add nothing to the max-pooled features). Coordinates are used as
-given: metres, z up, as in training; the detector sees only relative
-positions, so where the origin lies does not matter.
+Inference is deterministic and follows the scan: the same file gives the same
+boxes on every run, and a scan rotated about z, translated or with its points
+reordered gives the boxes moved with it (float round-off aside). Three steps
+make it so:
+
+- Every point gets a *priority* (:func:`point_priority`): a hash of the seed and
+  of the point's 1 cm cell in a frame fixed to the scan (origin at the centroid,
+  x toward the point farthest from it horizontally, z up). The frame moves with
+  the scan, so the priorities do too; only a point within round-off of a cell
+  wall can change its priority (about 1 point in 2,000).
+- The scan is brought to the detector's training point count (``num_points`` in
+  its checkpoint's config) by keeping the points of lowest priority (a larger
+  scan: a uniform random subsample, the density the training scenes had) or by
+  repeating points in priority order (a smaller one).
+- APEN detectors draw their random initial parts from the same priorities
+  (``point_priority``, see :func:`geo3d.models.apen.random_fill`) rather than from
+  a random generator; their FPS steps start at the point farthest from the
+  centroid. Everything after is a function of the points.
+
+Boxes then go through the model's per-class 3D NMS (IoU ``nms_iou``) and a
+class-agnostic duplicate suppression (:func:`~geo3d.metrics.detection.suppress_close_centres`:
+no two boxes whose centres are within half the higher-scoring box's larger
+horizontal size), and are kept above ``score_threshold`` (the value calibrated on
+validation scenes and kept in the checkpoint's config, else 0.5). Coordinates are
+used as given: metres, z up, as in training.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from collections.abc import Sequence
@@ -23,30 +41,80 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 
 from geo3d.files import atomic_write
-from geo3d.metrics.detection import points_in_boxes
+from geo3d.metrics.detection import points_in_boxes, suppress_close_centres
+
+PRIORITY_CELL = 0.01  # metres: the grid of point_priority (round-off crossings ~ 3 * 1e-6 / cell per point)
+DEFAULT_SCORE_THRESHOLD = 0.5  # VoteNet's demo, for checkpoints without a calibrated one
+DUPLICATE_FRACTION = 0.5  # suppress_close_centres: half an object size
+_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)  # as a signed int64
 
 
-def fit_points(scan: Data, num_points: int, generator: torch.Generator) -> tuple[Data, str]:
-    """``scan`` with exactly ``num_points`` points, and a sentence saying what was done.
+def _mix(x: Tensor) -> Tensor:
+    """splitmix64's finaliser on int64 (wrapping products): a well-spread hash of each entry."""
+    x = x ^ (x >> 31)
+    x = x * 0x5851F42D4C957F2D
+    x = x ^ (x >> 29)
+    x = x * 0x14057B7EF767814F
+    return x ^ (x >> 32)
+
+
+def scan_frame_coordinates(pos: Tensor) -> Tensor:
+    """``pos [N, 3]`` in the scan's own frame, float64 ``[N, 3]``: origin at the centroid, x toward the
+    point farthest from it horizontally, z up. Moves with any rotation about z and translation."""
+    rel = pos.detach().double()
+    rel = rel - rel.mean(0)
+    far = int((rel[:, :2] ** 2).sum(1).argmax())
+    norm = float(rel[far, :2].norm())
+    if norm == 0.0:  # every point on one vertical line: any horizontal axis will do
+        return rel
+    c, s = float(rel[far, 0]) / norm, float(rel[far, 1]) / norm
+    x = rel[:, 0] * c + rel[:, 1] * s
+    y = -rel[:, 0] * s + rel[:, 1] * c
+    return torch.stack([x, y, rel[:, 2]], 1)
+
+
+def point_priority(pos: Tensor, seed: int = 0, cell: float = PRIORITY_CELL) -> Tensor:
+    """A priority in ``(0, 1]`` per point, ``[N]`` float64: uniform-looking, a function of the seed and of
+    the point's ``cell``-sized cell in :func:`scan_frame_coordinates`, so it follows the scan.
+
+    Points sharing a cell share a priority (ties are broken by position in the file).
+    """
+    if len(pos) == 0:
+        return torch.empty(0, dtype=torch.float64)
+    ijk = torch.floor(scan_frame_coordinates(pos) / cell).long()
+    h = _mix(torch.full((len(pos),), int(seed), dtype=torch.long) + _GOLDEN)
+    for a in range(3):
+        h = _mix(h ^ (ijk[:, a] * _GOLDEN))
+    return ((h & ((1 << 53) - 1)).double() + 1.0) / float(1 << 53)
+
+
+def fit_points(scan: Data, num_points: int, seed: int = 0) -> tuple[Data, str]:
+    """``scan`` with exactly ``num_points`` points (and their ``point_priority``), and a sentence saying
+    what was done.
+
+    A larger scan keeps its ``num_points`` points of lowest :func:`point_priority`
+    (a uniform random subsample that follows the scan under rotation and
+    reordering); a smaller one repeats points in priority order.
 
     Args:
         scan: ``pos [N, 3]`` and optional ``normal [N, 3]``.
         num_points: the detector's training point count.
-        generator: draws the subsample / the repeated points.
+        seed: the seed of the priorities.
     """
     n = scan.pos.shape[0]
+    priority = point_priority(scan.pos, seed)
+    order = torch.sort(priority, stable=True).indices
     if n == num_points:
-        idx, note = torch.arange(n), f"{n} points, as the model was trained"
+        idx, note = order, f"{n} points, as the model was trained"
     elif n > num_points:
-        idx = torch.randperm(n, generator=generator)[:num_points]
+        idx = order[:num_points]
         note = f"{n} points, subsampled uniformly to the model's {num_points}"
     else:
-        extra = torch.randint(n, (num_points - n,), generator=generator)
-        idx = torch.cat([torch.arange(n), extra])
-        note = f"{n} points, padded to the model's {num_points} by repeating random points"
+        idx = torch.cat([order, order[torch.arange(num_points - n) % n]])
+        note = f"{n} points, padded to the model's {num_points} by repeating points"
         if n < num_points // 2:
             note += " (much sparser than training: expect fewer, less accurate boxes)"
-    out = Data(pos=scan.pos[idx].float())
+    out = Data(pos=scan.pos[idx].float(), point_priority=priority[idx])
     if getattr(scan, "normal", None) is not None:
         out.normal = scan.normal[idx].float()
     return out, note
@@ -56,11 +124,29 @@ def _wrap(yaw: Tensor) -> Tensor:
     return torch.remainder(yaw + math.pi, 2 * math.pi) - math.pi
 
 
+def calibrated_score_threshold(model: nn.Module) -> float:
+    """The score threshold kept in the model's checkpoint config (``score_threshold``), else 0.5."""
+    config = getattr(model, "geo3d_checkpoint", {}).get("config", {})
+    value = config.get("score_threshold")
+    return DEFAULT_SCORE_THRESHOLD if value is None else float(value)
+
+
 @torch.no_grad()
 def detect(
-    model: nn.Module, points: Data, nms_iou: float = 0.25, score_threshold: float = 0.5
+    model: nn.Module,
+    points: Data,
+    nms_iou: float = 0.25,
+    score_threshold: float | None = None,
+    duplicate_fraction: float | None = DUPLICATE_FRACTION,
+    seed: int = 0,
 ) -> dict[str, Tensor]:
     """Run a detector on one scene ``pos [N, 3]``; ``boxes [K, 7]`` (yaw in ``[-pi, pi)``), ``scores``, ``labels``.
+
+    Deterministic: the model's random draws come from ``torch.Generator().manual_seed(seed)``
+    and, for APEN, from ``points.point_priority`` when present (:func:`fit_points` sets it).
+    Boxes: per-class IoU NMS at ``nms_iou``, then (unless ``duplicate_fraction`` is None)
+    :func:`~geo3d.metrics.detection.suppress_close_centres` over all classes, then the score
+    threshold (None: :func:`calibrated_score_threshold`).
 
     Also ``point_class [N]``: the class of each point, from the model's
     ``seg_logits`` when it has a segmentation head (0 = background, k + 1 =
@@ -69,13 +155,21 @@ def detect(
     """
     if not hasattr(model, "decode"):
         raise ValueError("this model has no detection head (no decode)")
+    threshold = calibrated_score_threshold(model) if score_threshold is None else float(score_threshold)
     device = next(iter(model.parameters()), torch.empty(0)).device
     batch = Batch.from_data_list([points]).to(device)
-    out = model(batch)
-    res = model.decode(out, nms_iou=nms_iou, score_threshold=score_threshold)[0]
-    boxes = res["boxes"].cpu().clone()
+    kwargs = {}
+    if "generator" in inspect.signature(model.forward).parameters:
+        kwargs["generator"] = torch.Generator(device=device).manual_seed(int(seed))
+    out = model(batch, **kwargs)
+    res = model.decode(out, nms_iou=nms_iou, score_threshold=0.0)[0]
+    boxes, scores, labels = res["boxes"].cpu().clone(), res["scores"].cpu(), res["labels"].cpu()
+    if duplicate_fraction is not None and len(boxes):
+        keep = suppress_close_centres(boxes, scores, duplicate_fraction)
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    keep = scores > threshold
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     boxes[:, 6] = _wrap(boxes[:, 6])
-    scores, labels = res["scores"].cpu(), res["labels"].cpu()
     if isinstance(out, dict) and "seg_logits" in out:
         point_class = out["seg_logits"].argmax(-1).cpu() - 1
     else:
@@ -196,3 +290,38 @@ def plot_detections(
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     return path
+
+
+def calibrate_score_threshold(
+    model: nn.Module,
+    scenes: Sequence[Data],
+    iou: float = 0.25,
+    nms_iou: float = 0.25,
+    duplicate_fraction: float | None = DUPLICATE_FRACTION,
+    seed: int = 0,
+) -> tuple[float, Tensor, Tensor]:
+    """The score threshold of highest F1 (class-aware matching at ``iou``, :func:`match_by_score`) on
+    validation ``scenes``, run through :func:`detect` exactly as ``geo3d detect`` runs a scan.
+
+    Args:
+        scenes: ``Data`` with ``pos [N, 3]``, ``boxes [M, 7]`` and ``box_class [M]`` (Rooms scenes).
+
+    Returns:
+        ``(threshold, thresholds [T], f1 [T])``: the best threshold (the lowest of equal F1s),
+        and the curve it came from (thresholds 0.05, 0.10, ..., 0.95).
+    """
+    from geo3d.metrics.detection import f1_by_threshold, match_by_score
+
+    num_points = int(model.geo3d_checkpoint["config"]["num_points"])
+    scores, hits, num_gt = [], [], 0
+    for scene in scenes:
+        points, _ = fit_points(scene, num_points, seed)
+        res = detect(model, points, nms_iou, 0.0, duplicate_fraction, seed)
+        scores.append(res["scores"])
+        hits.append(
+            match_by_score(res["boxes"], res["scores"], res["labels"], scene.boxes, scene.box_class, iou)
+        )
+        num_gt += len(scene.boxes)
+    thresholds = torch.arange(1, 20, dtype=torch.float64) * 0.05
+    f1 = f1_by_threshold(scores, hits, num_gt, thresholds)
+    return float(thresholds[int(f1.argmax())]), thresholds, f1

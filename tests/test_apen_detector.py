@@ -272,8 +272,9 @@ def test_a_segmentation_apen_seeds_the_detector_backbone(tmp_path):
 
 
 def test_shipped_apen_rooms_segments_detects_and_keeps_its_score_under_per_object_rotations(tmp_path):
-    """`apen-rooms` on 8 test scenes, and `geo3d detect` with it on a PLY scan (measured on 100 scenes:
-    mAP@0.25 0.640 canonical, 0.638 per object; mIoU 0.495 and 0.490)."""
+    """`apen-rooms` on 8 test scenes, and `geo3d detect` with it on a PLY scan (measured on 50 scenes with
+    one proposal per part, as shipped since issue 21: mAP@0.25 0.563 canonical, 0.551 per object; with
+    256 FPS proposals 0.615 / 0.624; mIoU 0.471 / 0.476)."""
     import geo3d
     from geo3d.train.scene_eval import evaluate_protocols
 
@@ -284,9 +285,21 @@ def test_shipped_apen_rooms_segments_detects_and_keeps_its_score_under_per_objec
     assert got["per_object_z"]["map@0.25"] > got["canonical"]["map@0.25"] - 0.1, got
     assert abs(got["scene_z"]["map@0.25"] - got["canonical"]["map@0.25"]) < 0.01, got  # exact up to round-off
 
+    # `geo3d detect`'s pipeline (priorities, one proposal per part, duplicate suppression, the calibrated
+    # threshold) on 6 test scenes: measured 0.55 of the objects found with their class over 12 scenes
+    # (per scene 0.0-0.88), so one scene alone is too noisy to judge
+    from geo3d.data.rooms import CLASS_NAMES
+    from geo3d.detect import boxes_json, detect, fit_points
+
+    found = []
+    for index in range(6):
+        scene = make_scene(0, "test", index, num_points=4096)
+        result = detect(model, fit_points(scene, 4096)[0])
+        found.append(fraction_found(scene, boxes_json(result, CLASS_NAMES)["boxes"]))
+    assert sum(found) / len(found) >= 0.4, found
+
     scene = make_scene(0, "test", 3, num_points=4096)
     ply, out = write_ply(tmp_path / "room.ply", scene.pos), tmp_path / "boxes.json"
     result = runner.invoke(app, ["detect", str(ply), "--model", "apen-rooms", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    found = fraction_found(scene, json.loads(out.read_text())["boxes"])
-    assert found >= 0.4, f"only {found:.0%} of {len(scene.boxes)} objects found"
+    assert fraction_found(scene, json.loads(out.read_text())["boxes"]) > 0

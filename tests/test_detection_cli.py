@@ -138,15 +138,17 @@ def test_detect_names_a_malformed_file(checkpoint, tmp_path):
 
 
 def test_fit_points_subsamples_and_pads():
-    gen = torch.Generator().manual_seed(0)
     pos = torch.randn(100, 3)
-    sub, note = fit_points(_data(pos), 40, gen)
+    sub, note = fit_points(_data(pos), 40)
     assert sub.pos.shape == (40, 3) and "subsampled" in note
     rows = {tuple(p) for p in pos.tolist()}
     assert len({tuple(p) for p in sub.pos.tolist()}) == 40 and {tuple(p) for p in sub.pos.tolist()} <= rows
-    pad, note = fit_points(_data(pos), 250, gen)
+    assert sub.point_priority.shape == (40,) and bool((sub.point_priority[1:] >= sub.point_priority[:-1]).all())
+    pad, note = fit_points(_data(pos), 250)
     assert pad.pos.shape == (250, 3) and "padded" in note and "sparser" in note
-    assert torch.equal(pad.pos[:100], pos) and {tuple(p) for p in pad.pos.tolist()} == rows
+    assert {tuple(p) for p in pad.pos[:100].tolist()} == rows and {tuple(p) for p in pad.pos.tolist()} == rows
+    assert torch.equal(fit_points(_data(pos), 40)[0].pos, sub.pos), "the same scan gives the same subsample"
+    assert not torch.equal(fit_points(_data(pos), 40, seed=1)[0].pos, sub.pos), "the seed picks the subsample"
 
 
 def _data(pos):

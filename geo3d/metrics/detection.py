@@ -151,6 +151,22 @@ def points_in_boxes(points: Tensor, boxes: Tensor) -> Tensor:
     return (lx.abs() <= half[:, 0]) & (ly.abs() <= half[:, 1]) & (d[..., 2].abs() <= half[:, 2])
 
 
+def _greedy_keep(order: Tensor, over: Tensor, labels: Tensor | None) -> Tensor:
+    """Greedy suppression: visit ``order`` (boxes by decreasing score); keep a box unless a kept one
+    suppresses it (``over [K, K]``, rows: the kept box, in ``order``), of the same label when given."""
+    if labels is not None:
+        lab = labels[order]
+        over = over & (lab[:, None] == lab[None, :])
+    over = over.cpu()
+    alive = torch.ones(len(order), dtype=torch.bool)
+    keep = []
+    for r in range(len(order)):
+        if alive[r]:
+            keep.append(r)
+            alive &= ~over[r]
+    return order[torch.tensor(keep, dtype=torch.long, device=order.device)]
+
+
 def nms_3d(boxes: Tensor, scores: Tensor, iou_threshold: float, labels: Tensor | None = None) -> Tensor:
     """Greedy non-maximum suppression on the yaw-aware 3D IoU.
 
@@ -167,17 +183,73 @@ def nms_3d(boxes: Tensor, scores: Tensor, iou_threshold: float, labels: Tensor |
     """
     order = torch.sort(scores.detach(), descending=True, stable=True).indices
     over = box3d_iou_matrix(boxes[order], boxes[order]) > iou_threshold  # [K, K] on boxes' device
-    if labels is not None:
-        lab = labels[order]
-        over &= lab[:, None] == lab[None, :]
-    over = over.cpu()
-    alive = torch.ones(len(order), dtype=torch.bool)
-    keep = []
-    for r in range(len(order)):
-        if alive[r]:
-            keep.append(r)
-            alive &= ~over[r]
-    return order[torch.tensor(keep, dtype=torch.long, device=order.device)]
+    return _greedy_keep(order, over, labels)
+
+
+def suppress_close_centres(
+    boxes: Tensor, scores: Tensor, fraction: float = 0.5, labels: Tensor | None = None
+) -> Tensor:
+    """Greedy duplicate suppression by centre distance: one box per object even where IoU NMS keeps two.
+
+    IoU NMS misses duplicates whose boxes disagree in size or heading (a chair
+    found once as a chair-sized box and once as a table-sized one overlaps it
+    by less than any usual threshold). Visiting boxes by decreasing score (ties:
+    lower index), a box is dropped when its centre lies within ``fraction`` of
+    a kept box's larger horizontal size (``max(dx, dy)``) of that kept box's centre,
+    in 3D; with ``labels``, only kept boxes of the same label count.
+
+    Args:
+        boxes: ``[K, 7]``; scores: ``[K]``; labels: optional ``[K]`` int.
+
+    Returns:
+        ``[K']`` int64 indices of the kept boxes, by decreasing score.
+    """
+    order = torch.sort(scores.detach(), descending=True, stable=True).indices
+    b = boxes.detach()[order].double()
+    reach = fraction * b[:, 3:5].max(1).values  # [K], the kept (row) box's reach
+    d = ((b[:, None, :3] - b[None, :, :3]) ** 2).sum(-1).sqrt()
+    over = d < reach[:, None]
+    return _greedy_keep(order, over, labels)
+
+
+def match_by_score(
+    boxes: Tensor, scores: Tensor, labels: Tensor, gt_boxes: Tensor, gt_labels: Tensor, iou: float = 0.25
+) -> Tensor:
+    """Which detections are true positives, ``[K]`` bool: by decreasing score, each takes the unmatched
+    ground-truth box of its class with the highest IoU, if that IoU is at least ``iou`` (VOC matching).
+
+    A detection's match depends only on the higher-scoring ones, so the true positives above any
+    score threshold are ``tp & (scores > t)``.
+    """
+    tp = torch.zeros(len(boxes), dtype=torch.bool)
+    if len(boxes) == 0 or len(gt_boxes) == 0:
+        return tp
+    overlap = box3d_iou_matrix(boxes.detach().double().cpu(), gt_boxes.detach().double().cpu())
+    overlap = overlap.masked_fill(labels.cpu()[:, None] != gt_labels.cpu()[None, :], -1.0)
+    free = torch.ones(len(gt_boxes), dtype=torch.bool)
+    for k in torch.sort(scores.detach().cpu(), descending=True, stable=True).indices.tolist():
+        row = overlap[k].masked_fill(~free, -1.0)
+        j = int(row.argmax())
+        if float(row[j]) >= iou:
+            tp[k], free[j] = True, False
+    return tp
+
+
+def f1_by_threshold(
+    scores: Sequence[Tensor], true_positive: Sequence[Tensor], num_gt: int, thresholds: Tensor
+) -> Tensor:
+    """F1 of the detections scoring above each threshold, ``[T]``, from per-scene ``scores`` and
+    :func:`match_by_score` flags, over ``num_gt`` ground-truth boxes in all."""
+    s = torch.cat(
+        [torch.as_tensor(x, dtype=torch.float64).reshape(-1) for x in scores]
+        + [torch.zeros(0, dtype=torch.float64)]
+    )
+    tp = torch.cat(
+        [torch.as_tensor(x).reshape(-1).bool() for x in true_positive] + [torch.zeros(0, dtype=torch.bool)]
+    )
+    above = s[None, :] > thresholds.double()[:, None]  # [T, K]
+    hits = (above & tp[None]).sum(1).double()
+    return 2 * hits / (above.sum(1).double() + num_gt).clamp(min=1)
 
 
 # ---------------------------------------------------------------------- eval_det

@@ -246,13 +246,28 @@ def random_fill(
     num: int,
     min_dist: float,
     generator: torch.Generator | None = None,
+    priority: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Up to ``num`` random points per cloud added as centres, each farther than ``min_dist`` from all."""
+    """Up to ``num`` random points per cloud added as centres, each farther than ``min_dist`` from all.
+
+    Each pick is the point of highest priority among those far enough: fresh
+    uniform draws from ``generator`` per pick, or the fixed ``priority [N]`` in
+    ``(0, 1]`` (a function of the points themselves, e.g.
+    :func:`geo3d.detect.point_priority`, so the picks follow the points under a
+    rotation or a reordering of the scan).
+    """
     num_graphs, slots = mask.shape
     mu, mask = mu.clone(), mask.clone()
     d = _sq_dist(y, batch, mu).masked_fill(~mask[batch], math.inf).amin(1)
+    if priority is not None and (
+        priority.shape != (len(y),) or not bool(((priority > 0) & (priority <= 1)).all())
+    ):
+        raise ValueError(f"apen: point_priority must be [N]=[{len(y)}] values in (0, 1]")
     for _ in range(num):
-        prio = 1.0 - torch.rand(len(y), generator=generator, dtype=y.dtype, device=y.device)  # (0, 1]
+        if priority is None:
+            prio = 1.0 - torch.rand(len(y), generator=generator, dtype=y.dtype, device=y.device)  # (0, 1]
+        else:
+            prio = priority.to(y)
         prio = prio.masked_fill(d <= min_dist**2, -1.0)
         best, first = _cloud_argmax(prio, batch, num_graphs)
         ok = (best > 0) & (mask.sum(1) < slots)
@@ -466,16 +481,31 @@ class APEN(nn.Module):
         return mode == "always" or (mode == "train" and self.training)
 
     def initial_partition(
-        self, pos: Tensor, batch: Tensor, num_graphs: int, generator: torch.Generator | None = None
+        self,
+        pos: Tensor,
+        batch: Tensor,
+        num_graphs: int,
+        generator: torch.Generator | None = None,
+        priority: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """FPS + random centres, then each point to its most likely centre: ``(part [N], part_batch [P])``."""
+        """FPS + random centres, then each point to its most likely centre: ``(part [N], part_batch [P])``.
+
+        ``priority [N]``: fixed per-point priorities for the random centres (see :func:`random_fill`).
+        """
         cfg = self.config
         y = pos.detach().double()
         mu = y.new_zeros(num_graphs, self.num_slots, 3)
         mask = torch.zeros(num_graphs, self.num_slots, dtype=torch.bool, device=y.device)
         mu, mask, _ = farthest_point_fill(y, batch, mu, mask, int(cfg["num_fps_parts"]))
         mu, mask = random_fill(
-            y, batch, mu, mask, int(cfg["num_random_parts"]), float(cfg["random_part_min_dist"]), generator
+            y,
+            batch,
+            mu,
+            mask,
+            int(cfg["num_random_parts"]),
+            float(cfg["random_part_min_dist"]),
+            generator,
+            priority,
         )
         pi = mask.to(y.dtype) / mask.sum(1, keepdim=True).clamp_min(1)
         slot = assign_parts(y, batch, mu, pi, mask, float(cfg["init_variance"]), self._sample(), generator)
@@ -544,7 +574,9 @@ class APEN(nn.Module):
         """Run the blocks and the heads.
 
         Args:
-            data: PyG ``Data``/``Batch`` (``pos``, optional ``batch``, ``normal``).
+            data: PyG ``Data``/``Batch`` (``pos``, optional ``batch``, ``normal``, and
+                ``point_priority [N]`` in ``(0, 1]``: fixed priorities of the random
+                initial centres instead of ``generator`` draws, see :func:`random_fill`).
             partition: optional ``[N]`` non-negative part ids (unique within each
                 cloud) used by every block and the decoder instead of the EM.
             generator: random source of the random initial centres and, in
@@ -576,7 +608,8 @@ class APEN(nn.Module):
             slots = int(partition.max()) + 1 if len(pos) else 1
             part, part_batch = compact_parts(batch, partition.long(), slots)
         else:
-            part, part_batch = self.initial_partition(pos, batch, num_graphs, generator)
+            priority = getattr(data, "point_priority", None)
+            part, part_batch = self.initial_partition(pos, batch, num_graphs, generator, priority)
         partitions, votes, prev = [part], [], None
         for i, block in enumerate(self.blocks):
             inv, vec, _ = self._stage(block, pos, normal, part, len(part_batch), prev)

@@ -66,9 +66,22 @@ DEFAULTS: dict[str, Any] = {
     # or "learned" (the mean of the seeds' axes: APEN's first passed-on vector of its last block,
     # trained toward the box yaw by frame_axis_loss)
     "heading_frame": "pca",
+    # proposal centres in eval mode: "fps" (FPS over the votes, eval_proposals of them; what apen-rooms
+    # trained and ships with) or "parts" (one per part of APEN's last partition: the seed whose vote is
+    # nearest the part's mean vote; needs num_seeds null). Training always uses FPS.
+    "proposals": "fps",
 }
 # Recorded in the checkpoint's config by the training task, not used by the network.
-METADATA = ("arch", "num_points", "train_rotation", "class_names", "occlusion", "object_yaw")
+# score_threshold: calibrated on validation scenes (geo3d.detect.calibrate_score_threshold), read by geo3d detect.
+METADATA = (
+    "arch",
+    "num_points",
+    "train_rotation",
+    "class_names",
+    "occlusion",
+    "object_yaw",
+    "score_threshold",
+)
 
 
 def check_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +107,14 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"apen_detector config: '{key}' ({cfg[key]}) exceeds 'num_seeds' ({seeds})")
     if not (isinstance(cfg["vote_radius"], (int, float)) and cfg["vote_radius"] > 0):
         raise ValueError(f"apen_detector config: 'vote_radius' must be > 0, got {cfg['vote_radius']!r}")
+    if cfg["proposals"] not in ("fps", "parts"):
+        raise ValueError(
+            f"apen_detector config: 'proposals' must be 'fps' or 'parts', got {cfg['proposals']!r}"
+        )
+    if cfg["proposals"] == "parts" and seeds is not None:
+        raise ValueError(
+            "apen_detector config: 'proposals: parts' needs 'num_seeds: null' (every point a seed)"
+        )
     fill_mean_sizes("apen_detector", cfg)
     backbone = {"num_classes": 1 + cfg["num_classes"], **cfg["backbone"]}
     try:
@@ -182,12 +203,48 @@ class APENDetector(nn.Module):
         else:
             seeds = self.backbone.seeds(data, self.num_seeds, out=out)
         axis = seeds.get("seed_axis") if self.config["heading_frame"] == "learned" else None
-        det = self.head(seeds["seed_pos"], seeds["seed_feat"], seeds["seed_vote"], axis)
+        proposal_idx = None
+        if self.config["proposals"] == "parts" and not self.training:
+            proposal_idx = part_proposals(
+                out["vote"], out["partition"], out["part_batch"], seeds["seed_pos"].shape[1]
+            )
+        det = self.head(seeds["seed_pos"], seeds["seed_feat"], seeds["seed_vote"], axis, proposal_idx)
         return {**out, **det, "seed_index": seeds["seed_idx"]}
 
     def decode(self, outputs: dict[str, Tensor], **kwargs: Any) -> list[dict[str, Tensor]]:
         """Boxes per scene (see :func:`decode_frame_detections`): ``boxes [K, 7]``, ``scores``, ``labels``."""
         return decode_frame_detections(outputs, self.head.mean_sizes, **kwargs)
+
+
+def part_proposals(vote: Tensor, part: Tensor, part_batch: Tensor, points_per_scene: int) -> Tensor:
+    """One proposal per part: the point whose vote is nearest its part's mean vote (ties: lower index).
+
+    Args:
+        vote: ``[N, 3]`` APEN's last-block votes; part: ``[N]`` part ids (compact, every part non-empty);
+        part_batch: ``[P]`` scene of each part; points_per_scene: ``n`` (scenes of equal size, in order).
+
+    Returns:
+        ``[B, P_max]`` indices into each scene's points; scenes with fewer parts repeat their first
+        proposal (identical proposals give identical boxes, which NMS removes).
+    """
+    num_parts = len(part_batch)
+    counts = torch.bincount(part, minlength=num_parts).clamp(min=1)
+    mean = torch.zeros(num_parts, 3, dtype=vote.dtype, device=vote.device).index_add_(0, part, vote)
+    mean = mean / counts[:, None]
+    d = ((vote - mean[part]) ** 2).sum(-1)
+    by_d = torch.sort(d, stable=True).indices
+    by_part = by_d[torch.sort(part[by_d], stable=True).indices]  # grouped by part, nearest first
+    starts = torch.cumsum(counts, 0) - counts
+    rep = by_part[starts]  # [P] global point index of each part's proposal
+    num_graphs = int(part_batch.max()) + 1 if num_parts else 0
+    per_scene = torch.bincount(part_batch, minlength=num_graphs)
+    width = int(per_scene.max()) if num_parts else 1
+    first = torch.cumsum(per_scene, 0) - per_scene
+    slot = torch.arange(num_parts, device=vote.device) - first[part_batch]
+    local = rep - part_batch * points_per_scene
+    out = local[first].reshape(-1, 1).repeat(1, width)  # padding: the scene's first proposal
+    out[part_batch, slot] = local
+    return out
 
 
 @register_architecture("apen_detector")

@@ -164,8 +164,15 @@ class FrameVoteHead(nn.Module):
         )
 
     def forward(
-        self, seed_pos: Tensor, seed_feat: Tensor, seed_vote: Tensor, seed_axis: Tensor | None = None
+        self,
+        seed_pos: Tensor,
+        seed_feat: Tensor,
+        seed_vote: Tensor,
+        seed_axis: Tensor | None = None,
+        proposal_idx: Tensor | None = None,
     ) -> dict[str, Tensor]:
+        """See the class docstring; ``proposal_idx [B, P]`` (indices into the seeds of each scene)
+        replaces the FPS over the votes when given (e.g. one proposal per backbone part)."""
         b, s, _ = seed_pos.shape
         if (
             seed_feat.shape[:2] != (b, s)
@@ -175,12 +182,17 @@ class FrameVoteHead(nn.Module):
             shapes = {"seed_feat": seed_feat, "seed_vote": seed_vote, "seed_axis": seed_axis}
             given = ", ".join(f"{k} {tuple(v.shape)}" for k, v in shapes.items() if v is not None)
             raise ValueError(f"{given} do not match seed_pos {tuple(seed_pos.shape)}")
-        p = proposal_count(self, s)
         vote_feat = F.normalize(seed_feat + self.feat_out(self.feat_mlp(seed_feat)), dim=-1)
 
-        ptr = torch.arange(b + 1) * s
-        centre_idx = canonical_fps(seed_vote.reshape(b * s, 3), ptr, p)
-        centre_idx = centre_idx - ptr[:-1, None].to(centre_idx.device)  # [B, P] within each scene
+        if proposal_idx is None:
+            p = proposal_count(self, s)
+            ptr = torch.arange(b + 1) * s
+            centre_idx = canonical_fps(seed_vote.reshape(b * s, 3), ptr, p)
+            centre_idx = centre_idx - ptr[:-1, None].to(centre_idx.device)  # [B, P] within each scene
+        else:
+            if proposal_idx.dim() != 2 or proposal_idx.shape[0] != b:
+                raise ValueError(f"proposal_idx must be [B={b}, P], got {tuple(proposal_idx.shape)}")
+            centre_idx = proposal_idx.to(seed_vote.device).long()
         agg_pos = gather_points(seed_vote, centre_idx)  # [B, P, 3]
         nbr = group_nearest(agg_pos, seed_vote, self.vote_k, self.vote_radius)  # [B, P, k]
         votes = gather_points(seed_vote, nbr)  # [B, P, k, 3]

@@ -143,7 +143,9 @@ def test_fit_points_subsamples_and_pads():
     assert sub.pos.shape == (40, 3) and "subsampled" in note
     rows = {tuple(p) for p in pos.tolist()}
     assert len({tuple(p) for p in sub.pos.tolist()}) == 40 and {tuple(p) for p in sub.pos.tolist()} <= rows
-    assert sub.point_priority.shape == (40,) and bool((sub.point_priority[1:] >= sub.point_priority[:-1]).all())
+    assert sub.point_priority.shape == (40,) and bool(
+        (sub.point_priority[1:] >= sub.point_priority[:-1]).all()
+    )
     pad, note = fit_points(_data(pos), 250)
     assert pad.pos.shape == (250, 3) and "padded" in note and "sparser" in note
     assert {tuple(p) for p in pad.pos[:100].tolist()} == rows and {tuple(p) for p in pad.pos.tolist()} == rows

@@ -73,7 +73,15 @@ DEFAULTS: dict[str, Any] = {
     "heading_frame": "pca",  # per-proposal frame: "pca" (grouped seeds' spread) or "learned" (seed axes)
 }
 # score_threshold: calibrated on validation scenes (geo3d.detect.calibrate_score_threshold), read by geo3d detect.
-METADATA = ("arch", "num_points", "train_rotation", "class_names", "occlusion", "object_yaw", "score_threshold")
+METADATA = (
+    "arch",
+    "num_points",
+    "train_rotation",
+    "class_names",
+    "occlusion",
+    "object_yaw",
+    "score_threshold",
+)
 EDGE_VECTORS = 3  # per grouped point: r_j, mean r, r_j x mean r
 # Flat, evenly sampled surfaces (the floor) give near-zero mean offsets and cross products; the paper's
 # VN batch norm scales every vector to BN(|x|) and blew their gradients up to ~1e5 (measured at the

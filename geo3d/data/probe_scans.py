@@ -292,14 +292,6 @@ def make_probe_scan(
     )
 
 
-def write_ascii_ply(pos: Tensor, path) -> None:
-    """``pos [N, 3]`` as an ASCII PLY (``x y z`` floats), as a user's export would be."""
-    lines = [f"{x:.6f} {y:.6f} {z:.6f}" for x, y, z in pos.tolist()]
-    header = f"ply\nformat ascii 1.0\nelement vertex {len(lines)}\nproperty float x\nproperty float y\nproperty float z\nend_header\n"
-    with open(path, "w") as f:
-        f.write(header + "\n".join(lines) + "\n")
-
-
 # The probe set of `geo3d detect`'s tests and benchmarks/detect_probe_scans.py: three scans of 3 to 6
 # objects unlike the training scenes (issue 21's scan: 6 x 6 m, 8,000 floor points, 5,000 per object;
 # a denser floor; walls and more objects).

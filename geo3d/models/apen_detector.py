@@ -49,7 +49,12 @@ from geo3d.models.apen import APEN
 from geo3d.models.apen import check_config as check_apen_config
 from geo3d.models.registry import register_architecture
 from geo3d.nn.heads.detection import check_proposal_counts, fill_mean_sizes, head_kwargs
-from geo3d.nn.heads.frame_detection import FrameVoteHead, check_heading_frame, decode_frame_detections
+from geo3d.nn.heads.frame_detection import (
+    DETECTOR_METADATA,
+    FrameVoteHead,
+    check_heading_frame,
+    decode_frame_detections,
+)
 
 DEFAULTS: dict[str, Any] = {
     "backbone": {},  # APEN config (geo3d.models.apen.DEFAULTS); num_classes defaults to 1 + num_classes
@@ -67,21 +72,12 @@ DEFAULTS: dict[str, Any] = {
     # trained toward the box yaw by frame_axis_loss)
     "heading_frame": "pca",
     # proposal centres in eval mode: "fps" (FPS over the votes, eval_proposals of them; what apen-rooms
-    # trained and ships with) or "parts" (one per part of APEN's last partition: the seed whose vote is
-    # nearest the part's mean vote; needs num_seeds null). Training always uses FPS.
+    # trained with) or "parts" (one per part of APEN's last partition: the seed whose vote is nearest the
+    # part's mean vote; needs num_seeds null; apen-rooms ships with it since issue 21). Training: FPS.
     "proposals": "fps",
 }
 # Recorded in the checkpoint's config by the training task, not used by the network.
-# score_threshold: calibrated on validation scenes (geo3d.detect.calibrate_score_threshold), read by geo3d detect.
-METADATA = (
-    "arch",
-    "num_points",
-    "train_rotation",
-    "class_names",
-    "occlusion",
-    "object_yaw",
-    "score_threshold",
-)
+METADATA = DETECTOR_METADATA
 
 
 def check_config(config: dict[str, Any]) -> dict[str, Any]:

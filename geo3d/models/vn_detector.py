@@ -52,7 +52,12 @@ from torch import Tensor, nn
 from geo3d.models.registry import register_architecture
 from geo3d.models.votenet import abstraction_levels, ball_group, interpolate, scene_ptr
 from geo3d.nn.heads.detection import PointMLP, check_proposal_counts, fill_mean_sizes, head_kwargs
-from geo3d.nn.heads.frame_detection import FrameVoteHead, check_heading_frame, decode_frame_detections
+from geo3d.nn.heads.frame_detection import (
+    DETECTOR_METADATA,
+    FrameVoteHead,
+    check_heading_frame,
+    decode_frame_detections,
+)
 from geo3d.nn.vector_neurons import VNInvariant, VNLinear, VNLinearBNLeakyReLU, VNMaxPool
 
 DEFAULTS: dict[str, Any] = {
@@ -72,16 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "head_width": 128,
     "heading_frame": "pca",  # per-proposal frame: "pca" (grouped seeds' spread) or "learned" (seed axes)
 }
-# score_threshold: calibrated on validation scenes (geo3d.detect.calibrate_score_threshold), read by geo3d detect.
-METADATA = (
-    "arch",
-    "num_points",
-    "train_rotation",
-    "class_names",
-    "occlusion",
-    "object_yaw",
-    "score_threshold",
-)
+METADATA = DETECTOR_METADATA
 EDGE_VECTORS = 3  # per grouped point: r_j, mean r, r_j x mean r
 # Flat, evenly sampled surfaces (the floor) give near-zero mean offsets and cross products; the paper's
 # VN batch norm scales every vector to BN(|x|) and blew their gradients up to ~1e5 (measured at the

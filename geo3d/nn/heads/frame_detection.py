@@ -75,6 +75,20 @@ HEADING_FRAMES = ("learned", "pca")  # per-proposal frame: the seeds' learned ax
 AXIS_WEIGHT = 10.0  # of frame_axis_loss in frame_detection_loss: as the vote term (10 x L1 metres)
 
 
+# Config keys the training task records in a frame-relative Rooms detector's checkpoint (apen_detector,
+# vn_detector) that the network does not use; score_threshold is calibrated on validation scenes
+# (geo3d.detect.calibrate_score_threshold) and read by geo3d detect.
+DETECTOR_METADATA = (
+    "arch",
+    "num_points",
+    "train_rotation",
+    "class_names",
+    "occlusion",
+    "object_yaw",
+    "score_threshold",
+)
+
+
 def check_heading_frame(model: str, cfg: dict) -> None:
     """Raises ``ValueError`` naming the model unless ``cfg["heading_frame"]`` is one of :data:`HEADING_FRAMES`."""
     if cfg["heading_frame"] not in HEADING_FRAMES:

@@ -466,11 +466,9 @@ def generate(
     """Sample 3D molecules (explicit H, bonds, charges) with EQGAT-diff, write SDF, print quality metrics."""
     import json
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from geo3d.checkpoint import CheckpointError
-    from geo3d.generate import draw_grid, sample_molecules, write_sdf
-    from geo3d.metrics.molecules import evaluate_molecules, format_metrics_table
+    from geo3d.metrics.library_logs import captured_library_logs
+    from geo3d.metrics.molecules import format_metrics_table
     from geo3d.models import load_model
 
     if sampler not in ("ancestral", "fast"):
@@ -481,6 +479,27 @@ def generate(
         _fail(str(exc))
     if not hasattr(net, "sample"):
         _fail(f"{model}: a {net.geo3d_checkpoint['task']} model, not a molecule generator")
+    # RDKit's "Explicit valence ..." lines (one per invalid molecule, while building, writing and
+    # scoring) are counted into the table instead of burying it.
+    with captured_library_logs() as log_lines:
+        metrics = _generate(net, n, output, steps, sampler, num_atoms, batch_size, seed, png, as_json)
+    metrics["rdkit_log_lines"] = log_lines["rdkit"]
+    metrics["posebusters_log_lines"] = log_lines["posebusters"]
+    if as_json:
+        print(json.dumps(metrics))
+        return
+    console.print(format_metrics_table(metrics))
+    elapsed = metrics["seconds"]
+    console.print(f"wrote {n} molecules to {output} ({elapsed:.1f} s, {n / elapsed:.2f} molecules/s)")
+
+
+def _generate(net, n, output, steps, sampler, num_atoms, batch_size, seed, png, as_json) -> dict:
+    """Sample, write the SDF (and PNG), score: the metrics of `geo3d generate`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from geo3d.generate import draw_grid, sample_molecules, write_sdf
+    from geo3d.metrics.molecules import evaluate_molecules
+
     t0 = time.perf_counter()
     err = Console(stderr=True)
     with Progress(
@@ -508,11 +527,7 @@ def generate(
     metrics["molecules_per_second"] = n / elapsed
     if png is not None:
         draw_grid(mols, png)
-    if as_json:
-        print(json.dumps(metrics))
-        return
-    console.print(format_metrics_table(metrics))
-    console.print(f"wrote {n} molecules to {output} ({elapsed:.1f} s, {n / elapsed:.2f} molecules/s)")
+    return metrics
 
 
 def _load_train_smiles(net):

@@ -314,3 +314,27 @@ def test_xtb_relaxation_when_installed():
     m = evaluate_molecules([stretched, None], posebusters=False, xtb=True, xtb_steps=30)
     assert m["xtb_n_relaxed"] == 1 and m["xtb_n_failed"] == 0
     assert m["xtb_energy_drop_mean"] > 1.0  # stretched O-H bonds relax downhill (kcal/mol)
+
+
+def test_library_logs_are_counted_not_printed(capfd):
+    from geo3d.metrics.library_logs import captured_library_logs
+
+    with captured_library_logs() as outer:
+        assert Chem.MolFromSmiles("C(C)(C)(C)(C)C") is None  # "Explicit valence ... 5"
+        with captured_library_logs() as inner:
+            assert Chem.MolFromSmiles("N(C)(C)(C)(C)C") is None
+    assert (outer["rdkit"], inner["rdkit"]) == (2, 1)  # blocks nest; the outer one sees both
+    assert "valence" not in capfd.readouterr().err
+    Chem.MolFromSmiles("O(C)(C)(C)(C)C")  # RDKit prints again after the block
+    assert "Explicit valence" in capfd.readouterr().err
+
+
+def test_posebusters_warnings_are_counted_when_installed(capfd):
+    pytest.importorskip("posebusters")
+    pentavalent = Chem.MolFromSmiles("C(F)(F)(F)(F)F", sanitize=False)
+    pentavalent.UpdatePropertyCache(strict=False)
+    AllChem.Compute2DCoords(pentavalent)
+    m = evaluate_molecules([pentavalent, from_smiles("CCO")], posebusters=True, xtb=False)
+    err = capfd.readouterr().err
+    assert m["rdkit_log_lines"] + m["posebusters_log_lines"] >= 1, m
+    assert "valence" not in err and "WARNING" not in err, err

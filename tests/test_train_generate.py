@@ -76,7 +76,7 @@ def test_config_typos_name_the_field(tmp_path, sdf_set):
     assert result.exit_code == 1 and "missing.yaml" in _plain(result.output)
 
 
-def test_train_resume_load_and_generate(tmp_path, sdf_set):
+def test_train_resume_load_and_generate(tmp_path, sdf_set, capfd):
     cfg = load_config(_config(tmp_path, sdf_set), ["train.max_steps=3"])
     train(make_task(cfg), cfg)
     last = tmp_path / "run" / "last.pt"
@@ -118,6 +118,11 @@ def test_train_resume_load_and_generate(tmp_path, sdf_set):
     assert len(mols) == 5 and all(m is not None for m in mols)  # invalid ones are written and flagged
     assert all(m.HasProp("geo3d_valid") for m in mols)
     assert all(m.GetNumConformers() == 1 for m in mols)
+    # RDKit's complaints about the invalid ones are counted (at least one each), not printed.
+    invalid = sum(not m.GetIntProp("geo3d_valid") for m in mols)
+    assert metrics["rdkit_log_lines"] >= invalid
+    err = capfd.readouterr().err
+    assert "valence" not in err and "kekulize" not in err, err
 
 
 def test_bfloat16_autocast_training_keeps_float32_weights(tmp_path, sdf_set):

@@ -49,6 +49,8 @@ from rich.console import Console
 from rich.table import Table
 from scipy.stats import wasserstein_distance
 
+from geo3d.metrics.library_logs import captured_library_logs
+
 Variant = Literal["legacy", "corrected"]
 Metrics = dict[str, float | int]
 
@@ -576,6 +578,43 @@ def evaluate_molecules(
     progress: bool = False,
     notes: list[str] | None = None,
 ) -> Metrics:
+    """Every metric for a set of generated molecules, as a flat JSON-serialisable dict (the metrics and
+    arguments: :func:`_evaluate_molecules`).
+
+    The log lines RDKit and PoseBusters write while scoring (one per failed sanitisation or
+    embedding) are not printed but counted: ``rdkit_log_lines``, ``posebusters_log_lines``.
+    """
+    with captured_library_logs() as counts:
+        out = _evaluate_molecules(
+            mols,
+            train_smiles,
+            reference,
+            posebusters=posebusters,
+            xtb=xtb,
+            xtb_steps=xtb_steps,
+            xtb_fmax=xtb_fmax,
+            xtb_max_molecules=xtb_max_molecules,
+            progress=progress,
+            notes=notes,
+        )
+    out["rdkit_log_lines"] = counts["rdkit"]
+    out["posebusters_log_lines"] = counts["posebusters"]
+    return out
+
+
+def _evaluate_molecules(
+    mols: Sequence[Chem.Mol | None],
+    train_smiles: Iterable[str] | None = None,
+    reference: Sequence[Chem.Mol | None] | MoleculeStatistics | None = None,
+    *,
+    posebusters: bool | None = None,
+    xtb: bool | None = None,
+    xtb_steps: int = 100,
+    xtb_fmax: float = 0.05,
+    xtb_max_molecules: int | None = None,
+    progress: bool = False,
+    notes: list[str] | None = None,
+) -> Metrics:
     """Every metric for a set of generated molecules, as a flat JSON-serialisable dict.
 
     Counts: ``n_molecules`` (including ``n_unreadable`` ``None`` entries),
@@ -728,6 +767,8 @@ _DESCRIPTIONS = {
     "bond_length_w1": "W1 of bond lengths (Å), mean over bond types",
     "bond_angle_w1": "W1 of bond angles (°), mean over centre elements",
     "pb_valid": "passes every PoseBusters check",
+    "rdkit_log_lines": "RDKit warnings and errors (counted, not printed)",
+    "posebusters_log_lines": "PoseBusters warnings (counted, not printed)",
     "xtb_n_relaxed": "valid molecules relaxed with GFN2-xTB",
     "xtb_n_failed": "valid molecules whose xTB calculation failed",
     "xtb_energy_drop_mean": "mean E(generated) - E(relaxed), kcal/mol",

@@ -178,7 +178,8 @@ def test_undefined_metrics_are_absent_with_a_note(monkeypatch):
     assert "PoseBusters" in text and "xTB" in text
     with pytest.raises(ImportError, match="not here"):
         evaluate_molecules([from_smiles("C")], posebusters=True)
-    assert evaluate_molecules([]) == {"n_molecules": 0, "n_unreadable": 0, "n_atoms": 0}
+    empty = {"n_molecules": 0, "n_unreadable": 0, "n_atoms": 0}
+    assert evaluate_molecules([]) == {**empty, "rdkit_log_lines": 0, "posebusters_log_lines": 0}
 
 
 def test_type_distances():

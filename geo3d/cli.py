@@ -462,13 +462,20 @@ def generate(
     device: str = typer.Option("cpu", help="cpu or cuda."),
     png: Path | None = typer.Option(None, help="Also write a PNG grid of 2D depictions."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
+    valence_aware: bool = typer.Option(
+        False,
+        "--valence-aware",
+        help="Last step: the most probable bonds within RDKit's valence limits (an exact 0/1 program) "
+        "instead of independent draws. Writes those molecules; the table shows the raw model's "
+        "molecules of the same trajectories beside them (JSON: under 'raw').",
+    ),
 ) -> None:
     """Sample 3D molecules (explicit H, bonds, charges) with EQGAT-diff, write SDF, print quality metrics."""
     import json
 
     from geo3d.checkpoint import CheckpointError
     from geo3d.metrics.library_logs import captured_library_logs
-    from geo3d.metrics.molecules import format_metrics_table
+    from geo3d.metrics.molecules import format_metrics_columns, format_metrics_table
     from geo3d.models import load_model
 
     if sampler not in ("ancestral", "fast"):
@@ -482,19 +489,27 @@ def generate(
     # RDKit's "Explicit valence ..." lines (one per invalid molecule, while building, writing and
     # scoring) are counted into the table instead of burying it.
     with captured_library_logs() as log_lines:
-        metrics = _generate(net, n, output, steps, sampler, num_atoms, batch_size, seed, png, as_json)
+        metrics, raw = _generate(
+            net, n, output, steps, sampler, num_atoms, batch_size, seed, png, as_json, valence_aware
+        )
     metrics["rdkit_log_lines"] = log_lines["rdkit"]
     metrics["posebusters_log_lines"] = log_lines["posebusters"]
     if as_json:
-        print(json.dumps(metrics))
+        print(json.dumps(metrics if raw is None else {**metrics, "raw": raw}))
         return
-    console.print(format_metrics_table(metrics))
+    if raw is None:
+        console.print(format_metrics_table(metrics))
+    else:
+        console.print(format_metrics_columns({"raw": raw, "valence-aware (written)": metrics}))
     elapsed = metrics["seconds"]
     console.print(f"wrote {n} molecules to {output} ({elapsed:.1f} s, {n / elapsed:.2f} molecules/s)")
 
 
-def _generate(net, n, output, steps, sampler, num_atoms, batch_size, seed, png, as_json) -> dict:
-    """Sample, write the SDF (and PNG), score: the metrics of `geo3d generate`."""
+def _generate(
+    net, n, output, steps, sampler, num_atoms, batch_size, seed, png, as_json, valence_aware
+) -> tuple[dict, dict | None]:
+    """Sample, write the SDF (and PNG), score: the metrics of `geo3d generate` (and, with
+    ``valence_aware``, those of the raw model's molecules of the same trajectories)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from geo3d.generate import draw_grid, sample_molecules, write_sdf
@@ -516,18 +531,23 @@ def _generate(net, n, output, steps, sampler, num_atoms, batch_size, seed, png, 
             progress.update(bar, completed=done, total=total)
 
         try:
-            mols = sample_molecules(net, n, batch_size, steps, sampler, num_atoms, seed, progress=tick)
+            raw_mols: list = []
+            mols = sample_molecules(
+                net, n, batch_size, steps, sampler, num_atoms, seed, tick, valence_aware, raw_mols
+            )
         except ValueError as exc:
             _fail(str(exc))
     elapsed = time.perf_counter() - t0
     write_sdf(mols, output)
     # xTB relaxations (when tblite is installed) cost seconds per molecule: score a subset.
-    metrics = evaluate_molecules(mols, train_smiles=_load_train_smiles(net), xtb_max_molecules=20)
+    train_smiles = _load_train_smiles(net)
+    metrics = evaluate_molecules(mols, train_smiles=train_smiles, xtb_max_molecules=20)
     metrics["seconds"] = elapsed
     metrics["molecules_per_second"] = n / elapsed
+    raw = evaluate_molecules(raw_mols, train_smiles=train_smiles, xtb_max_molecules=20) if raw_mols else None
     if png is not None:
         draw_grid(mols, png)
-    return metrics
+    return metrics, raw
 
 
 def _load_train_smiles(net):

@@ -21,10 +21,15 @@ def sample_molecules(
     num_atoms: int | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    valence_aware: bool = False,
+    raw_out: list[Chem.Mol] | None = None,
 ) -> list[Chem.Mol]:
     """``n`` molecules as RDKit Mols (unsanitised: exactly what the model predicted).
 
-    ``progress(done, total)`` counts reverse steps over all batches.
+    ``progress(done, total)`` counts reverse steps over all batches. With
+    ``valence_aware`` the last step's bonds are the most probable ones within
+    RDKit's valence limits (``EQGATDiffusion.sample``); the raw model's molecules
+    of the same trajectories are then appended to ``raw_out`` when it is given.
     """
     if n < 1 or batch_size < 1:
         raise ValueError(f"need n >= 1 and batch_size >= 1, got {n}, {batch_size}")
@@ -40,9 +45,17 @@ def sample_molecules(
                 progress(offset + done, total)
 
         samples = model.sample(
-            size, num_atoms=num_atoms, steps=steps, sampler=sampler, generator=generator, progress=tick
+            size,
+            num_atoms=num_atoms,
+            steps=steps,
+            sampler=sampler,
+            generator=generator,
+            progress=tick,
+            valence_aware=valence_aware,
         )
         mols += [build_mol(m["atom_type"], m["charge"], m["bonds"], m["pos"]) for m in samples]
+        if valence_aware and raw_out is not None:
+            raw_out += [build_mol(m["atom_type"], m["charge"], m["bonds_raw"], m["pos"]) for m in samples]
     return mols
 
 

@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 import geo3d
 from geo3d.checkpoint import load_checkpoint
 from geo3d.cli import app
+from geo3d.data.molecules import ATOM_INDEX
+from geo3d.diffusion.valence import max_valence
 from geo3d.train import ConfigError, load_config, make_task
 from geo3d.train.trainer import train
 
@@ -123,6 +125,37 @@ def test_train_resume_load_and_generate(tmp_path, sdf_set, capfd):
     assert metrics["rdkit_log_lines"] >= invalid
     err = capfd.readouterr().err
     assert "valence" not in err and "kekulize" not in err, err
+
+    # --valence-aware: the written molecules stay within RDKit's valence limits; the raw model's
+    # molecules of the same trajectories are scored beside them.
+    aware = tmp_path / "aware.sdf"
+    args = [
+        "generate",
+        "--model",
+        str(best),
+        "-n",
+        "5",
+        "-o",
+        str(aware),
+        "--steps",
+        "4",
+        "--sampler",
+        "fast",
+    ]
+    result = runner.invoke(app, [*args, "--valence-aware", "--json"])
+    assert result.exit_code == 0, result.output
+    both = json.loads(result.stdout.strip().splitlines()[-1])
+    scores = [k for k in both["raw"] if not k.endswith("_log_lines")]
+    assert {k: both["raw"][k] for k in scores} == {k: metrics[k] for k in scores}  # same seed, same raw
+    assert both["validity"] >= both["raw"]["validity"]
+    for mol in Chem.SDMolSupplier(str(aware), sanitize=False, removeHs=False):
+        for atom in mol.GetAtoms():
+            order = sum(b.GetBondTypeAsDouble() for b in atom.GetBonds())
+            assert order <= max_valence(ATOM_INDEX[atom.GetSymbol()], atom.GetFormalCharge())
+    table = runner.invoke(app, [*args, "--valence-aware"])
+    assert (
+        table.exit_code == 0 and "valence-aware" in _plain(table.stdout) and " raw " in _plain(table.stdout)
+    )
 
 
 def test_bfloat16_autocast_training_keeps_float32_weights(tmp_path, sdf_set):

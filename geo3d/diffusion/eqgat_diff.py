@@ -32,6 +32,7 @@ from torch_geometric.data import Batch
 from geo3d.data.molecules import CHARGE_MIN
 from geo3d.diffusion.categorical import noised_probs, posterior_probs, sample_categorical
 from geo3d.diffusion.schedules import cosine_alpha_bar, snr_weight
+from geo3d.diffusion.valence import assign_bonds
 from geo3d.graph.fully_connected import fully_connected_edges
 from geo3d.models.eqgat import EQGATDenoiser
 from geo3d.ops import scatter
@@ -183,6 +184,7 @@ class EQGATDiffusion(nn.Module):
         eta: float = 0.0,
         generator: torch.Generator | None = None,
         progress: Callable[[int, int], None] | None = None,
+        valence_aware: bool = False,
     ) -> list[dict[str, Tensor]]:
         """Sample molecules.
 
@@ -195,10 +197,16 @@ class EQGATDiffusion(nn.Module):
                 (DDIM for positions with ``eta``, the matching strided
                 categorical posterior); both accept ``steps``.
             progress: called as ``progress(done, total)`` after every step.
+            valence_aware: at the last step, replace the independently drawn
+                bonds by the most probable ones under RDKit's valence limits
+                (:func:`geo3d.diffusion.valence.assign_bonds`); the drawn ones
+                are kept as ``bonds_raw`` (same trajectory, so the two compare
+                pairwise).
 
         Returns:
             one dict per molecule: ``atom_type [n]``, ``charge [n]`` (formal
-            charges), ``bonds [n, n]`` (symmetric bond classes), ``pos [n, 3]``.
+            charges), ``bonds [n, n]`` (symmetric bond classes), ``pos [n, 3]``
+            and, with ``valence_aware``, ``bonds_raw [n, n]``.
         """
         if sampler not in ("ancestral", "fast"):
             raise ValueError(f"sampler must be 'ancestral' or 'fast', got {sampler!r}")
@@ -245,22 +253,32 @@ class EQGATDiffusion(nn.Module):
             bonds[upper], bonds[reverse[upper]] = up, up
             if progress is not None:
                 progress(k + 1, len(pairs))
+        last_bond_probs = self._clean_probs(out["bond_logits"][upper], "bonds")
 
-        molecules = []
-        for g in range(nb):
-            lo, hi = int(ptr[g]), int(ptr[g + 1])
-            m = hi - lo
+        def matrix_of(values: Tensor, g: int, lo: int, m: int) -> Tensor:
             matrix = torch.zeros(m, m, dtype=torch.long, device=device)
             sel = b[i] == g
-            matrix[i[sel] - lo, j[sel] - lo] = bonds[sel]
-            molecules.append(
-                {
-                    "atom_type": atoms[lo:hi].cpu(),
-                    "charge": (charges[lo:hi] + CHARGE_MIN).cpu(),
-                    "bonds": matrix.cpu(),
-                    "pos": x[lo:hi].float().cpu(),
-                }
-            )
+            matrix[i[sel] - lo, j[sel] - lo] = values[sel]
+            return matrix.cpu()
+
+        molecules = []
+        up_batch = b[i[upper]]
+        for g in range(nb):
+            lo, hi = int(ptr[g]), int(ptr[g + 1])
+            mol = {
+                "atom_type": atoms[lo:hi].cpu(),
+                "charge": (charges[lo:hi] + CHARGE_MIN).cpu(),
+                "bonds": matrix_of(bonds, g, lo, hi - lo),
+                "pos": x[lo:hi].float().cpu(),
+            }
+            if valence_aware:
+                sel = up_batch == g
+                pair = torch.stack([j[upper][sel], i[upper][sel]]) - lo
+                fixed = assign_bonds(last_bond_probs[sel], pair, mol["atom_type"], mol["charge"])
+                matrix = torch.zeros(hi - lo, hi - lo, dtype=torch.long)
+                matrix[pair[0].cpu(), pair[1].cpu()] = fixed
+                mol["bonds_raw"], mol["bonds"] = mol["bonds"], matrix + matrix.T
+            molecules.append(mol)
         return molecules
 
     def _position_step(self, x, x0_hat, t, s, sampler, eta, b, nb, generator):
@@ -277,12 +295,15 @@ class EQGATDiffusion(nn.Module):
             x = mean + var**0.5 * noise
         return _centre(x, b, nb)
 
+    def _clean_probs(self, logits: Tensor, key: str) -> Tensor:
+        """Predicted distribution of the clean class, ``[M, K]`` in float64."""
+        # Classes absent from the training data (zero prior mass, e.g. elements QM9 lacks)
+        # are never predicted as clean data.
+        prior = getattr(self, f"prior_{key}")
+        return torch.softmax(logits.double().masked_fill(prior <= 0, float("-inf")), -1)
+
     def _categorical_step(self, x_t, logits, key, t, s, generator):
         abar = getattr(self, f"abar_{key}")
         prior = getattr(self, f"prior_{key}")
-        # Classes absent from the training data (zero prior mass, e.g. elements QM9 lacks)
-        # are never predicted as clean data.
-        logits = logits.double().masked_fill(prior <= 0, float("-inf"))
-        p_x0 = torch.softmax(logits, -1)
-        probs = posterior_probs(x_t, p_x0, abar[t], abar[s], prior)
+        probs = posterior_probs(x_t, self._clean_probs(logits, key), abar[t], abar[s], prior)
         return sample_categorical(probs, generator)

@@ -780,26 +780,41 @@ _FRACTIONS = re.compile(r"(stability|validity|single_fragment|uniqueness|novelty
 
 def format_metrics_table(metrics: Metrics, title: str = "molecule metrics") -> Table:
     """A rich table of :func:`evaluate_molecules` output: fractions as %, counts as integers."""
+    return format_metrics_columns({"value": metrics}, title)
+
+
+def format_metrics_columns(columns: dict[str, Metrics], title: str = "molecule metrics") -> Table:
+    """Several :func:`evaluate_molecules` outputs side by side (e.g. raw and valence-aware sampling);
+    a metric missing from a column shows as "-"."""
     table = Table(title=title)
     table.add_column("metric")
-    table.add_column("value", justify="right")
+    for name in columns:
+        table.add_column(name, justify="right")
     table.add_column("meaning")
-    for key, value in metrics.items():
-        if isinstance(value, bool) or isinstance(value, int):
-            text = f"{int(value):,}"
-        elif _FRACTIONS.search(key):
-            text = f"{100.0 * value:.2f} %"
-        else:
-            text = f"{value:.4f}"
-        meaning = _DESCRIPTIONS.get(key, "")
-        if not meaning and key.startswith("bond_length_w1_"):
-            meaning = f"W1 of {key.removeprefix('bond_length_w1_')} bond lengths (Å)"
-        elif not meaning and key.startswith("bond_angle_w1_"):
-            meaning = f"W1 of angles (°) centred on {key.removeprefix('bond_angle_w1_')}"
-        elif not meaning and key.startswith("pb_"):
-            meaning = "PoseBusters check pass rate"
-        table.add_row(key, text, meaning)
+    keys = list(dict.fromkeys(k for metrics in columns.values() for k in metrics))
+    for key in keys:
+        cells = [_format_value(key, m[key]) if key in m else "-" for m in columns.values()]
+        table.add_row(key, *cells, _meaning(key))
     return table
+
+
+def _format_value(key: str, value: float | int) -> str:
+    if isinstance(value, bool) or isinstance(value, int):
+        return f"{int(value):,}"
+    if _FRACTIONS.search(key):
+        return f"{100.0 * value:.2f} %"
+    return f"{value:.4f}"
+
+
+def _meaning(key: str) -> str:
+    meaning = _DESCRIPTIONS.get(key, "")
+    if not meaning and key.startswith("bond_length_w1_"):
+        meaning = f"W1 of {key.removeprefix('bond_length_w1_')} bond lengths (Å)"
+    elif not meaning and key.startswith("bond_angle_w1_"):
+        meaning = f"W1 of angles (°) centred on {key.removeprefix('bond_angle_w1_')}"
+    elif not meaning and key.startswith("pb_"):
+        meaning = "PoseBusters check pass rate"
+    return meaning
 
 
 @dataclass(frozen=True)

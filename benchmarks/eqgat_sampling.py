@@ -10,6 +10,10 @@ connected validity, true uniqueness, novelty). Prints a markdown table.
 ``--workers K`` samples in K processes of one thread each (worker k draws
 n/K molecules with seed ``seed + k``) and scores the union, so uniqueness is
 measured over all n molecules.
+
+``--valence-aware`` samples with the valence-aware last step and scores, for
+each row, both the raw model's molecules and the valence-aware ones of the
+same trajectories (two rows, "bonds" column: raw / valence-aware).
 """
 
 from __future__ import annotations
@@ -47,8 +51,17 @@ def _init_worker(model_name: str) -> None:
     _WORKER_MODEL = load_model(model_name)
 
 
-def _sample_chunk(n: int, batch_size: int, steps: int, sampler: str, seed: int) -> list:
-    return sample_molecules(_WORKER_MODEL, n, batch_size, steps, sampler, seed=seed)
+def _sample_pair(
+    model: torch.nn.Module, n: int, batch_size: int, steps: int, sampler: str, seed: int, aware: bool
+) -> tuple[list, list]:
+    """(molecules, raw molecules of the same trajectories; empty unless ``aware``)."""
+    raw: list = []
+    mols = sample_molecules(model, n, batch_size, steps, sampler, seed=seed, valence_aware=aware, raw_out=raw)
+    return mols, raw
+
+
+def _sample_chunk(n: int, batch_size: int, steps: int, sampler: str, seed: int, aware: bool) -> tuple:
+    return _sample_pair(_WORKER_MODEL, n, batch_size, steps, sampler, seed, aware)
 
 
 def sample(
@@ -57,16 +70,19 @@ def sample(
     pool: ProcessPoolExecutor | None,
     steps: int,
     sampler: str,
-) -> list:
-    """All ``args.n`` molecules, split over the worker ``pool`` when there is one."""
+) -> tuple[list, list]:
+    """All ``args.n`` molecules (and their raw twins with ``--valence-aware``), split over the
+    worker ``pool`` when there is one."""
+    aware = args.valence_aware
     if pool is None:
-        return sample_molecules(model, args.n, args.batch_size, steps, sampler, seed=args.seed)
+        return _sample_pair(model, args.n, args.batch_size, steps, sampler, args.seed, aware)
     sizes = [args.n // args.workers + (k < args.n % args.workers) for k in range(args.workers)]
     jobs = [
-        pool.submit(_sample_chunk, size, args.batch_size, steps, sampler, args.seed + k)
+        pool.submit(_sample_chunk, size, args.batch_size, steps, sampler, args.seed + k, aware)
         for k, size in enumerate(sizes)
     ]
-    return [mol for job in jobs for mol in job.result()]
+    parts = [job.result() for job in jobs]
+    return [m for mols, _ in parts for m in mols], [m for _, raw in parts for m in raw]
 
 
 def main() -> None:
@@ -78,6 +94,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="Sampling processes of 1 thread each.")
+    parser.add_argument(
+        "--valence-aware", action="store_true", help="Also score the valence-aware last step."
+    )
     parser.add_argument("--out", default=None, help="Append the markdown table to this file.")
     args = parser.parse_args()
 
@@ -88,13 +107,13 @@ def main() -> None:
     threads = (
         f"{torch.get_num_threads()} threads" if args.workers == 1 else f"{args.workers} processes of 1 thread"
     )
-    header = "| sampler | steps | molecules/s | " + " | ".join(name for _, name in COLUMNS) + " |"
+    header = "| sampler | steps | bonds | molecules/s | " + " | ".join(name for _, name in COLUMNS) + " |"
     lines = [
         f"EQGAT-diff sampling, model `{args.model}`, {args.n} molecules per row, torch {torch.__version__}, "
         f"{threads}, {platform.processor() or platform.machine()}",
         "",
         header,
-        "|" + "---|" * (3 + len(COLUMNS)),
+        "|" + "---|" * (4 + len(COLUMNS)),
     ]
     # Workers start and load the model once (within the first row's time), not once a row.
     pool = (
@@ -106,12 +125,16 @@ def main() -> None:
         for sampler in args.samplers:
             for steps in args.steps:
                 t0 = time.perf_counter()
-                mols = sample(args, model, pool, steps, sampler)
+                mols, raw = sample(args, model, pool, steps, sampler)
                 rate = args.n / (time.perf_counter() - t0)
-                m = evaluate_molecules(mols, train_smiles=train_smiles, posebusters=False, xtb=False)
-                cells = [f"{100 * m[key]:.1f}%" if key in m else "-" for key, _ in COLUMNS]
-                lines.append(f"| {sampler} | {steps} | {rate:.2f} | " + " | ".join(cells) + " |")
-                print(lines[-1], flush=True)
+                rows = [("raw", raw), ("valence-aware", mols)] if args.valence_aware else [("raw", mols)]
+                for bonds, group in rows:
+                    m = evaluate_molecules(group, train_smiles=train_smiles, posebusters=False, xtb=False)
+                    cells = [f"{100 * m[key]:.1f}%" if key in m else "-" for key, _ in COLUMNS]
+                    lines.append(
+                        f"| {sampler} | {steps} | {bonds} | {rate:.2f} | " + " | ".join(cells) + " |"
+                    )
+                    print(lines[-1], flush=True)
     table = "\n".join(lines)
     print(table)
     if args.out:

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 
 from geo3d.files import atomic_write
-from geo3d.metrics.detection import points_in_boxes, suppress_close_centres
+from geo3d.ops.boxes import points_in_boxes, suppress_close_centres
 
 PRIORITY_CELL = 0.01  # metres: the grid of point_priority (round-off crossings ~ 3 * 1e-6 / cell per point)
 DEFAULT_SCORE_THRESHOLD = 0.5  # VoteNet's demo, for checkpoints without a calibrated one

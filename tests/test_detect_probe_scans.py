@@ -29,8 +29,9 @@ from geo3d.detect import (
     point_priority,
     scan_frame_coordinates,
 )
-from geo3d.metrics.detection import f1_by_threshold, match_by_score, points_in_boxes, suppress_close_centres
+from geo3d.metrics.detection import f1_by_threshold, match_by_score
 from geo3d.models.apen import random_fill
+from geo3d.ops.boxes import points_in_boxes, suppress_close_centres
 
 runner = CliRunner()
 

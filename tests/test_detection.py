@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch, Data
 
-from geo3d.metrics.detection import box3d_iou, box3d_iou_matrix, eval_det, nms_3d, points_in_boxes, voc_ap
+from geo3d.metrics.detection import eval_det, voc_ap
 from geo3d.models.registry import build_model
 from geo3d.models.votenet import Seeds, VoteNet
 from geo3d.nn.heads.detection import (
@@ -23,6 +23,7 @@ from geo3d.nn.heads.detection import (
     encode_boxes,
 )
 from geo3d.nn.heads.frame_detection import FrameVoteHead
+from geo3d.ops.boxes import box3d_iou, box3d_iou_matrix, nms_3d, points_in_boxes
 
 TWO_PI = 2 * math.pi
 TINY = {

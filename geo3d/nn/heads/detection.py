@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from geo3d.metrics.detection import nms_3d, points_in_boxes
+from geo3d.ops.boxes import nms_3d, points_in_boxes
 from geo3d.ops.point_ops import fps
 
 NEAR_THRESHOLD = 0.3  # a proposal within this of a GT centre is positive (VoteNet)

@@ -455,3 +455,21 @@ def test_shared_weight_contractions_every_ordering(dims):
     assert torch.allclose(_third(a, b, wt, c), want, rtol=1e-12, atol=1e-12)
     want_w = torch.einsum("zui,zvj,zwk,ijk->uvw", a, b, r, c)
     assert torch.allclose(_weight_grad(a, b, r, c), want_w, rtol=1e-12, atol=1e-12)
+
+
+def test_path_table_layout_is_the_one_the_cpp_kernels_read():
+    import re
+    from pathlib import Path
+
+    from geo3d.ops import tp_tables
+
+    header = (Path(__file__).parents[1] / "cuda_ext/include/geo3d/tensor_product_core.h").read_text()
+    fields = re.search(r"enum PathField : int \{(.*?)\};", header, re.S).group(1)
+    names = [f.strip().split("=")[0].strip() for f in fields.split(",") if f.strip()]
+    python = ["MODE", "L1", "L2", "L3", "MUL1", "MUL2", "MUL_OUT", "OFF1", "OFF2", "OFF_OUT", "W_OFF"]
+    python += ["CG_START", "CG_END"]
+    assert names[:-1] == ["k" + "".join(p.title() for p in n.split("_")) for n in python]
+    assert [getattr(tp_tables, n) for n in python] == list(range(len(python))) == list(range(len(names) - 1))
+    assert names[-1] == "kNumPathFields" and tp_tables.NUM_PATH_FIELDS == len(python)
+    modes = dict(re.findall(r"k(UV[WU]) = (\d+)", header))
+    assert {k.lower(): int(v) for k, v in modes.items()} == tp_tables.MODE_CODE

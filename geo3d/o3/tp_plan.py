@@ -19,6 +19,13 @@ from dataclasses import dataclass
 import torch
 from e3nn import o3
 
+# The table layout belongs to the kernels (ops); this module fills the tables.
+from geo3d.ops.tp_tables import (
+    MODE_CODE,
+    NUM_PATH_FIELDS,
+    dense_wigner_3j,
+)
+
 MODES = ("uvw", "uvu", "uvv", "uuw", "uuu", "uvuv")
 # The kernels run two modes. The others are the same contraction with a structured weight:
 # ``uvv``, ``uuw`` and ``uvuv`` are ``uvw`` paths and ``uuu`` a ``uvu`` path whose kernel
@@ -27,11 +34,6 @@ MODES = ("uvw", "uvu", "uvv", "uuw", "uuu", "uvuv")
 KERNEL_MODE = {"uvw": "uvw", "uvu": "uvu", "uvv": "uvw", "uuw": "uvw", "uvuv": "uvw", "uuu": "uvu"}
 IRREP_NORMALIZATIONS = ("component", "norm", "none")
 PATH_NORMALIZATIONS = ("element", "path", "none")
-
-# Columns of the int64 path table the kernels read (one row per instruction).
-MODE, L1, L2, L3, MUL1, MUL2, MUL_OUT, OFF1, OFF2, OFF_OUT, W_OFF, CG_START, CG_END = range(13)
-NUM_PATH_FIELDS = 13
-MODE_CODE = {"uvw": 0, "uvu": 1}
 
 
 @dataclass(frozen=True)
@@ -344,12 +346,6 @@ def _variances(var: Sequence[float] | None, irreps: o3.Irreps, name: str) -> lis
     if len(var) != len(irreps):
         raise ValueError(f"{name} has {len(var)} entries, {irreps} has {len(irreps)} irreps")
     return var
-
-
-@functools.cache
-def dense_wigner_3j(l1: int, l2: int, l3: int) -> torch.Tensor:
-    """e3nn's real Wigner 3j symbol ``[2l1+1, 2l2+1, 2l3+1]`` in float64 (cached)."""
-    return o3.wigner_3j(l1, l2, l3, dtype=torch.float64)
 
 
 @functools.cache

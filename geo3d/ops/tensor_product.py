@@ -25,7 +25,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from geo3d.o3.tp_plan import (
+from geo3d.ops._native import ops as native_ops
+from geo3d.ops._native import select_backend
+from geo3d.ops.tp_shared_weights import shared_uvw_backward, shared_uvw_forward
+from geo3d.ops.tp_tables import (
     L1,
     L2,
     L3,
@@ -40,9 +43,6 @@ from geo3d.o3.tp_plan import (
     W_OFF,
     dense_wigner_3j,
 )
-from geo3d.ops._native import ops as native_ops
-from geo3d.ops._native import select_backend
-from geo3d.ops.tp_shared_weights import shared_uvw_backward, shared_uvw_forward
 
 ENV_VAR = "GEO3D_TP_BACKEND"
 _UVW = MODE_CODE["uvw"]

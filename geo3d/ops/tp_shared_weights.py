@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor
 
-from geo3d.o3.tp_plan import L1, L2, L3, MUL1, MUL2, MUL_OUT, OFF1, OFF2, OFF_OUT, W_OFF, dense_wigner_3j
+from geo3d.ops.tp_tables import L1, L2, L3, MUL1, MUL2, MUL_OUT, OFF1, OFF2, OFF_OUT, W_OFF, dense_wigner_3j
 
 
 @functools.cache

@@ -23,7 +23,7 @@
 namespace geo3d {
 namespace tp {
 
-// Columns of the path table (keep in sync with geo3d/o3/tp_plan.py).
+// Columns of the path table (keep in sync with geo3d/ops/tp_tables.py; tests/test_tensor_product.py checks).
 enum PathField : int {
   kMode = 0, kL1, kL2, kL3, kMul1, kMul2, kMulOut, kOff1, kOff2, kOffOut, kWOff, kCgStart, kCgEnd,
   kNumPathFields

@@ -41,8 +41,8 @@ from geo3d.data.probe_scans import PROBE_SET, make_probe_scan  # noqa: E402
 from geo3d.data.rooms import Rooms  # noqa: E402
 from geo3d.data.scene_protocols import apply_protocol  # noqa: E402
 from geo3d.detect import calibrate_score_threshold, calibrated_score_threshold, detect, fit_points  # noqa: E402
-from geo3d.models.registry import SHIPPED, load_model  # noqa: E402
 from geo3d.ops.boxes import box3d_iou_matrix  # noqa: E402
+from geo3d.registry import SHIPPED, load_model  # noqa: E402
 
 DETECTORS = ("apen-rooms", "votenet-rooms", "votenet-rooms-aligned")
 # Rows of the table: a shipped detector and config overrides (an override's threshold is calibrated here).

@@ -28,7 +28,7 @@ import torch
 
 from geo3d.generate import sample_molecules
 from geo3d.metrics.molecules import evaluate_molecules
-from geo3d.models import load_model
+from geo3d.registry import load_model
 
 COLUMNS = [
     ("mol_stability_legacy", "mol stab (legacy)"),

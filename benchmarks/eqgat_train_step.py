@@ -89,7 +89,7 @@ def step_times(model, batches, precision: str, profile: bool) -> list[float]:
 
 def agreement(batches) -> str:
     """bf16 against float32 on the shipped model: loss and gradient of the same noised batches."""
-    from geo3d.models.registry import load_model
+    from geo3d.registry import load_model
 
     model = load_model("eqgat-qm9").train()
     rel, cos = [], []

@@ -43,7 +43,7 @@ from geo3d.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from geo3d.data.atomistic import read_labelled_structures, read_structures  # noqa: E402
 from geo3d.graph.neighbors import with_radius_graph  # noqa: E402
 from geo3d.models.potential_domain import THRESHOLD, fit_model_domain  # noqa: E402
-from geo3d.models.registry import SHIPPED, load_model  # noqa: E402
+from geo3d.registry import SHIPPED, load_model  # noqa: E402
 
 TRAINING_SETS = {"cu-emt": "datasets/cu_emt/train.xyz", "xtb-organic": "datasets/xtb_organic/train.xyz"}
 A_CU = 3.61

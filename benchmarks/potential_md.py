@@ -301,7 +301,7 @@ def geo3d_model(args: argparse.Namespace, tmp: Path) -> tuple[str, dict, str, in
         sys.path.insert(0, str(ROOT))
     from geo3d.checkpoint import load_checkpoint, save_checkpoint
     from geo3d.models.potential import InteratomicPotential
-    from geo3d.models.registry import SHIPPED
+    from geo3d.registry import SHIPPED
 
     if args.model:
         path = SHIPPED[args.model].path if args.model in SHIPPED else Path(args.model)

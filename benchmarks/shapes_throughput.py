@@ -29,7 +29,7 @@ from timing import timed  # noqa: E402
 
 from geo3d.data.shapes import Shapes  # noqa: E402
 from geo3d.data.transforms import RandomRotate  # noqa: E402
-from geo3d.models.registry import load_model  # noqa: E402
+from geo3d.registry import load_model  # noqa: E402
 from geo3d.train.pointcloud_task import SEG_ARCHS, with_aux_loss  # noqa: E402
 
 

@@ -40,8 +40,8 @@ from geo3d.checkpoint import CheckpointError
 from geo3d.data.atomistic import atoms_to_data
 from geo3d.graph.edges import edge_vectors
 from geo3d.models.potential_domain import THRESHOLD, ExtrapolationError, describe_atom
-from geo3d.models.registry import load_model
 from geo3d.ops.radius_graph import radius_graph
+from geo3d.registry import load_model
 from geo3d.runtime import resolve_device, retain_freed_memory
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

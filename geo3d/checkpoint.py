@@ -44,7 +44,7 @@ def save_checkpoint(
     """Write a checkpoint atomically and return its path.
 
     Args:
-        arch: architecture name registered in :mod:`geo3d.models.registry`.
+        arch: architecture name registered in :mod:`geo3d.registry`.
         task: what the model does, e.g. ``molecule-generation``, ``potential``.
         config: the full model config (plain, YAML-able values).
         state_dict: the model's weights.

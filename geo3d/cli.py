@@ -67,7 +67,7 @@ def info() -> None:
 @app.command()
 def models() -> None:
     """List the models shipped with geo3d (name, task, size, headline metric)."""
-    from geo3d.models import describe_shipped
+    from geo3d.registry import describe_shipped
 
     rows = describe_shipped()
     if not rows:
@@ -240,7 +240,7 @@ def evaluate(
 
     import torch
 
-    from geo3d.models.registry import load_model
+    from geo3d.registry import load_model
     from geo3d.train.scene_eval import SCENE_METERS
 
     try:
@@ -385,7 +385,7 @@ def detect(
         write_json,
     )
     from geo3d.detect import detect as run_detector
-    from geo3d.models.registry import load_model
+    from geo3d.registry import load_model
 
     try:
         net = load_model(model, device=device)
@@ -476,7 +476,7 @@ def generate(
     from geo3d.checkpoint import CheckpointError
     from geo3d.metrics.library_logs import captured_library_logs
     from geo3d.metrics.molecules import format_metrics_columns, format_metrics_table
-    from geo3d.models import load_model
+    from geo3d.registry import load_model
 
     if sampler not in ("ancestral", "fast"):
         _fail(f"--sampler must be 'ancestral' or 'fast', got {sampler!r}")

@@ -18,8 +18,8 @@ from geo3d.cli import app
 from geo3d.data.rooms import make_scene
 from geo3d.data.scene_protocols import PROTOCOLS
 from geo3d.models.apen_detector import APENDetector
-from geo3d.models.registry import build_model
 from geo3d.nn.heads.frame_detection import frame_boxes, frame_heading_loss
+from geo3d.registry import build_model
 from geo3d.train import load_config, make_task
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import geo3d
+from geo3d import registry
 from geo3d.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
-from geo3d.models import registry
 
 
 class TinyNet(nn.Module):
@@ -146,3 +146,12 @@ def test_export_drops_training_state_and_keeps_permissions(tmp_path, tiny_arch):
     umask = os.umask(0)
     os.umask(umask)
     assert dst.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_every_registered_architecture_resolves_and_unknown_ones_are_named():
+    from geo3d.registry import ARCHITECTURES, architecture
+
+    for name in ARCHITECTURES:
+        assert callable(architecture(name)), name
+    with pytest.raises(CheckpointError, match=r"unknown architecture 'apne'.*apen"):
+        architecture("apne")

@@ -6,8 +6,8 @@ import re
 
 from typer.testing import CliRunner
 
+from geo3d import registry
 from geo3d.cli import app
-from geo3d.models import registry
 
 runner = CliRunner()
 

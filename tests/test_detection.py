@@ -12,7 +12,6 @@ from torch import nn
 from torch_geometric.data import Batch, Data
 
 from geo3d.metrics.detection import eval_det, voc_ap
-from geo3d.models.registry import build_model
 from geo3d.models.votenet import Seeds, VoteNet
 from geo3d.nn.heads.detection import (
     DetectionHead,
@@ -24,6 +23,7 @@ from geo3d.nn.heads.detection import (
 )
 from geo3d.nn.heads.frame_detection import FrameVoteHead
 from geo3d.ops.boxes import box3d_iou, box3d_iou_matrix, nms_3d, points_in_boxes
+from geo3d.registry import build_model
 
 TWO_PI = 2 * math.pi
 TINY = {

@@ -215,7 +215,7 @@ def test_factored_edge_mlp_equals_the_concatenated_one():
 
 def test_shipped_eqgat_qm9_loads_and_samples():
     import geo3d
-    from geo3d.models import describe_shipped
+    from geo3d.registry import describe_shipped
 
     model = geo3d.load_model("eqgat-qm9")
     assert model.geo3d_checkpoint["task"] == "molecule-generation"

@@ -50,7 +50,7 @@ def _batch(shapes):
 @pytest.mark.parametrize("arch", ["tinvnn", "tinvnn_dgcnn"])
 def test_tinvnn_is_invariant_on_non_degenerate_shapes(arch):
     """Both TinvNN backbones (PointNet with normals, DGCNN): exact E(3) + permutation invariance."""
-    from geo3d.models.registry import build_model
+    from geo3d.registry import build_model
 
     rng = __import__("numpy").random.default_rng(0)
     shapes = [

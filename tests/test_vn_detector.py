@@ -18,9 +18,9 @@ from geo3d.cli import app
 from geo3d.data.rooms import make_scene
 from geo3d.data.scene_protocols import PROTOCOLS
 from geo3d.data.transforms import random_rotation
-from geo3d.models.registry import build_model
 from geo3d.models.vn_detector import VNDetector
 from geo3d.nn.heads.frame_detection import frame_axis_loss, horizontal_frame
+from geo3d.registry import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/detect_rooms_vn.yaml"

@@ -101,7 +101,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from geo3d.models.registry import register_architecture
 from geo3d.nn.frame_averaging import GROUPS, FramePointNet, frame_is_unique, part_frames
 from geo3d.ops.point_ops import knn_graph
 from geo3d.ops.scatter import scatter
@@ -736,8 +735,3 @@ def apen_loss(
         seg = nn.functional.cross_entropy(out["seg_logits"], labels.long())
     total = vote_losses.sum() + seg_weight * seg
     return {"loss": total, "vote_loss": vote_losses.sum(), "seg_loss": seg, "vote_losses": vote_losses}
-
-
-@register_architecture("apen")
-def build(config: dict[str, Any]) -> nn.Module:
-    return APEN(config)

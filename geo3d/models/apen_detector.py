@@ -47,7 +47,6 @@ from torch import Tensor, nn
 
 from geo3d.models.apen import APEN
 from geo3d.models.apen import check_config as check_apen_config
-from geo3d.models.registry import register_architecture
 from geo3d.nn.heads.detection import check_proposal_counts, fill_mean_sizes, head_kwargs
 from geo3d.nn.heads.frame_detection import (
     DETECTOR_METADATA,
@@ -241,8 +240,3 @@ def part_proposals(vote: Tensor, part: Tensor, part_batch: Tensor, points_per_sc
     out = local[first].reshape(-1, 1).repeat(1, width)  # padding: the scene's first proposal
     out[part_batch, slot] = local
     return out
-
-
-@register_architecture("apen_detector")
-def build(config: dict[str, Any]) -> nn.Module:
-    return APENDetector(config)

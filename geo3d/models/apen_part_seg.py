@@ -24,7 +24,6 @@ from torch import Tensor, nn
 
 from geo3d.models.apen import APEN, _graph_inputs, apen_loss
 from geo3d.models.apen import DEFAULTS as APEN_DEFAULTS
-from geo3d.models.registry import register_architecture
 from geo3d.ops.scatter import scatter
 
 DEFAULTS: dict[str, Any] = {"num_categories": 16, "num_parts": 50, "vote_weight": 1.0}
@@ -83,8 +82,3 @@ class APENPartSegmentation(nn.Module):
             votes = apen_loss(out, centre, batch=batch)["vote_loss"]
             self.aux_loss = self.vote_weight * votes
         return out["seg_logits"] + self.category_bias(category)
-
-
-@register_architecture("apen_seg")
-def build(config: dict[str, Any]) -> nn.Module:
-    return APENPartSegmentation(config)

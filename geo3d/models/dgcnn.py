@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from geo3d.models.registry import register_architecture
 from geo3d.models.tinvnn import mds_coordinates
 from geo3d.ops.point_ops import knn_graph
 
@@ -115,12 +114,6 @@ class DGCNN(nn.Module):
         return self.head(torch.cat([h.max(dim=1).values, h.mean(dim=1)], dim=-1))
 
 
-@register_architecture("dgcnn")
-def build(config: dict[str, Any]) -> nn.Module:
-    return DGCNN(config)
-
-
-@register_architecture("tinvnn_dgcnn")
 def build_tinvnn_dgcnn(config: dict[str, Any]) -> nn.Module:
     """TinvNN's invariant coordinates through a DGCNN (the paper's second backbone)."""
     if config.get("input", "mds") != "mds":

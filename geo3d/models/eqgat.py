@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from geo3d.models.registry import register_architecture
 from geo3d.nn.eqgat import EQGATLayer
 from geo3d.ops import scatter
 
@@ -112,11 +111,3 @@ class EQGATDenoiser(nn.Module):
             "charge_logits": logits[:, self.num_atom_types :],
             "bond_logits": bond_logits,
         }
-
-
-@register_architecture("eqgat_diff")
-def build_eqgat_diff(config: dict[str, Any]) -> nn.Module:
-    """The full diffusion model (denoiser + schedules + priors) from a checkpoint config."""
-    from geo3d.diffusion.eqgat_diff import EQGATDiffusion
-
-    return EQGATDiffusion(config)

@@ -72,7 +72,6 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from geo3d.models.registry import register_architecture
 from geo3d.models.vn_dgcnn import check_config, dense_batch
 from geo3d.nn.patch_disentangle import PointNetDisentangler, SiameseDisentangle, VNDisentangler, patch_frame
 from geo3d.nn.patch_relation import (
@@ -310,13 +309,3 @@ class PaRotSegmentation(PaRot):
         )
         h = apply_flat(self.pair_rest, pair).sum(dim=2)  # [B, P, point_widths[-1]]
         return self.seg_head(h.reshape(b * p, -1))
-
-
-@register_architecture("parot_seg")
-def build_seg(config: dict[str, Any]) -> nn.Module:
-    return PaRotSegmentation(config)
-
-
-@register_architecture("parot")
-def build(config: dict[str, Any]) -> nn.Module:
-    return PaRot(config)

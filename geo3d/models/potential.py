@@ -28,7 +28,6 @@ from torch import Tensor, nn
 from geo3d.graph.edges import edge_vectors
 from geo3d.graph.radial import RadialEmbedding
 from geo3d.models.potential_domain import TrainingDomain
-from geo3d.models.registry import register_architecture
 from geo3d.nn import ChannelWiseTensorProductConv
 from geo3d.ops.scatter import scatter
 
@@ -239,8 +238,3 @@ def _scalar_channels(irreps: o3.Irreps) -> list[tuple[int, o3.Irrep]]:
             out.extend((offset + k, ir) for k in range(mul))
         offset += mul * ir.dim
     return out
-
-
-@register_architecture("potential")
-def build(config: dict[str, Any]) -> nn.Module:
-    return InteratomicPotential(config)

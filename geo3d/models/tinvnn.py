@@ -31,7 +31,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from geo3d.models.registry import register_architecture
 from geo3d.ops.scatter import scatter
 
 DEFAULTS = {"num_classes": 16, "use_normals": False, "widths": [64, 128, 256], "head": 128, "dropout": 0.5}
@@ -146,13 +145,3 @@ SEG_DEFAULTS = {
     "head": 128,
     "dropout": 0.3,
 }
-
-
-@register_architecture("tinvnn_seg")
-def build_seg(config: dict[str, Any]) -> nn.Module:
-    return TinvNNSegmentation(config)
-
-
-@register_architecture("tinvnn")
-def build(config: dict[str, Any]) -> nn.Module:
-    return TinvNN(config)

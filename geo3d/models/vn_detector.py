@@ -49,7 +49,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from geo3d.models.registry import register_architecture
 from geo3d.models.votenet import abstraction_levels, ball_group, interpolate, scene_ptr
 from geo3d.nn.heads.detection import PointMLP, check_proposal_counts, fill_mean_sizes, head_kwargs
 from geo3d.nn.heads.frame_detection import (
@@ -215,8 +214,3 @@ class VNDetector(nn.Module):
     def decode(self, outputs: dict[str, Tensor], **kwargs: Any) -> list[dict[str, Tensor]]:
         """Boxes per scene (:func:`~geo3d.nn.heads.frame_detection.decode_frame_detections`)."""
         return decode_frame_detections(outputs, self.head.mean_sizes, **kwargs)
-
-
-@register_architecture("vn_detector")
-def build(config: dict[str, Any]) -> nn.Module:
-    return VNDetector(config)

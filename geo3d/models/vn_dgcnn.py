@@ -30,7 +30,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from geo3d.models.registry import register_architecture
 from geo3d.nn.patch_relation import gather_neighbours
 from geo3d.nn.vector_neurons import VNInvariant, VNLinearBNLeakyReLU, VNMaxPool, vn_mean_pool
 from geo3d.ops.point_ops import knn_graph
@@ -127,8 +126,3 @@ class VNDGCNN(nn.Module):
         inv, _ = self.invariant(h)  # [B, P, 2E, 3]
         inv = inv.reshape(b, p, -1)
         return self.head(torch.cat([inv.max(dim=1).values, inv.mean(dim=1)], dim=-1))
-
-
-@register_architecture("vn_dgcnn")
-def build(config: dict[str, Any]) -> nn.Module:
-    return VNDGCNN(config)

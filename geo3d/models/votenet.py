@@ -24,7 +24,6 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from geo3d.models.registry import register_architecture
 from geo3d.nn.heads.detection import (
     DetectionHead,
     PointMLP,
@@ -251,8 +250,3 @@ class VoteNet(nn.Module):
     def decode(self, outputs: dict[str, Tensor], **kwargs: Any) -> list[dict[str, Tensor]]:
         """Boxes per scene (see :func:`geo3d.nn.heads.detection.decode_detections`)."""
         return self.head.decode(outputs, **kwargs)
-
-
-@register_architecture("votenet")
-def build(config: dict[str, Any]) -> nn.Module:
-    return VoteNet(config)

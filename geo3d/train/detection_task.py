@@ -104,7 +104,7 @@ class DetectionTask:
         return config
 
     def build_model(self, model_config: dict[str, Any]) -> nn.Module:
-        from geo3d.models.registry import build_model
+        from geo3d.registry import build_model
 
         return build_model(self.arch, model_config)
 

@@ -40,7 +40,7 @@ from torch.utils.data import Dataset, DistributedSampler, RandomSampler
 from torch_geometric.loader import DataLoader
 
 from geo3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from geo3d.models.registry import resolve_model
+from geo3d.registry import resolve_model
 from geo3d.train.config import ExperimentConfig
 from geo3d.train.ema import EMA
 from geo3d.train.precision import autocast_context

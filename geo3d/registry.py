@@ -1,9 +1,12 @@
-"""Architectures (config -> module) and the models shipped with geo3d (name -> checkpoint).
+"""The model registry: architectures (config -> module) and the models shipped with geo3d (name -> checkpoint).
 
 Every front door takes ``--model NAME|PATH``; :func:`load_model` resolves a
 shipped name or a checkpoint path, rebuilds the architecture from the
-checkpoint's config and loads the weights. Later modules add themselves with
-``@register_architecture("name")`` and an entry in ``SHIPPED``.
+checkpoint's config and loads the weights. :data:`ARCHITECTURES` is the one
+list of architectures (``"module:builder"``, imported on first use so that
+``import geo3d`` stays cheap); a new model adds a line there and, when it ships,
+an entry in :data:`SHIPPED`. It sits above models/ and diffusion/ (it names
+both) and below train/ and the front doors.
 """
 
 from __future__ import annotations
@@ -19,37 +22,42 @@ from torch import nn
 
 from geo3d.checkpoint import CheckpointError, load_checkpoint
 
-CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
 Builder = Callable[[dict[str, Any]], nn.Module]
-ARCHITECTURES: dict[str, Builder] = {}
-# Modules that register architectures when imported; imported lazily by load_model
-# so that `import geo3d` stays cheap.
-ARCHITECTURE_MODULES: list[str] = [
-    "geo3d.models.eqgat",
-    "geo3d.models.potential",
-    "geo3d.models.tinvnn",
-    "geo3d.models.dgcnn",
-    "geo3d.models.vn_dgcnn",
-    "geo3d.models.parot",
-    "geo3d.models.votenet",
-    "geo3d.models.vn_detector",
-    "geo3d.models.apen",
-    "geo3d.models.apen_part_seg",
-    "geo3d.models.apen_detector",
-]
+# Architecture name (stored in every checkpoint) -> "module:function" building it from a config.
+ARCHITECTURES: dict[str, str | Builder] = {
+    "eqgat_diff": "geo3d.diffusion.eqgat_diff:EQGATDiffusion",
+    "potential": "geo3d.models.potential:InteratomicPotential",
+    "tinvnn": "geo3d.models.tinvnn:TinvNN",
+    "tinvnn_seg": "geo3d.models.tinvnn:TinvNNSegmentation",
+    "dgcnn": "geo3d.models.dgcnn:DGCNN",
+    "tinvnn_dgcnn": "geo3d.models.dgcnn:build_tinvnn_dgcnn",
+    "vn_dgcnn": "geo3d.models.vn_dgcnn:VNDGCNN",
+    "parot": "geo3d.models.parot:PaRot",
+    "parot_seg": "geo3d.models.parot:PaRotSegmentation",
+    "votenet": "geo3d.models.votenet:VoteNet",
+    "vn_detector": "geo3d.models.vn_detector:VNDetector",
+    "apen": "geo3d.models.apen:APEN",
+    "apen_seg": "geo3d.models.apen_part_seg:APENPartSegmentation",
+    "apen_detector": "geo3d.models.apen_detector:APENDetector",
+}
 
 
-def register_architecture(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: ``@register_architecture("eqgat_diff") def build(config) -> nn.Module``."""
+def architecture(arch: str) -> Builder:
+    """The builder of a registered architecture (imports its module on first use).
 
-    def wrap(builder: Builder) -> Builder:
-        if name in ARCHITECTURES and ARCHITECTURES[name] is not builder:
-            raise ValueError(f"architecture {name!r} is registered twice")
-        ARCHITECTURES[name] = builder
-        return builder
-
-    return wrap
+    Raises:
+        CheckpointError: not a registered architecture.
+    """
+    if arch not in ARCHITECTURES:
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise CheckpointError(f"unknown architecture {arch!r} (this geo3d knows: {known})")
+    entry = ARCHITECTURES[arch]
+    if callable(entry):
+        return entry
+    module, name = entry.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 @dataclass(frozen=True)
@@ -172,12 +180,7 @@ def resolve_model(name_or_path: str | Path) -> Path:
 
 def build_model(arch: str, config: dict[str, Any]) -> nn.Module:
     """Instantiate a registered architecture from its config."""
-    for module in ARCHITECTURE_MODULES:
-        importlib.import_module(module)
-    if arch not in ARCHITECTURES:
-        known = ", ".join(sorted(ARCHITECTURES)) or "none"
-        raise CheckpointError(f"unknown architecture {arch!r} (this geo3d knows: {known})")
-    return ARCHITECTURES[arch](config)
+    return architecture(arch)(config)
 
 
 def load_model(

@@ -36,11 +36,11 @@ if str(ROOT) not in sys.path:
 
 from torch_geometric.data import Data  # noqa: E402
 
+from geo3d.apps.detect import calibrate_score_threshold, calibrated_score_threshold, detect, fit_points  # noqa: E402
 from geo3d.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from geo3d.data.probe_scans import PROBE_SET, make_probe_scan  # noqa: E402
 from geo3d.data.rooms import Rooms  # noqa: E402
 from geo3d.data.scene_protocols import apply_protocol  # noqa: E402
-from geo3d.detect import calibrate_score_threshold, calibrated_score_threshold, detect, fit_points  # noqa: E402
 from geo3d.ops.boxes import box3d_iou_matrix  # noqa: E402
 from geo3d.registry import SHIPPED, load_model  # noqa: E402
 

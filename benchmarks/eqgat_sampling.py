@@ -26,7 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from geo3d.generate import sample_molecules
+from geo3d.apps.generate import sample_molecules
 from geo3d.metrics.molecules import evaluate_molecules
 from geo3d.registry import load_model
 
@@ -101,9 +101,9 @@ def main() -> None:
     args = parser.parse_args()
 
     model = load_model(args.model)
-    from geo3d.cli import _load_train_smiles
+    from geo3d.apps.generate import load_train_smiles
 
-    train_smiles = _load_train_smiles(model)
+    train_smiles = load_train_smiles(model)
     threads = (
         f"{torch.get_num_threads()} threads" if args.workers == 1 else f"{args.workers} processes of 1 thread"
     )

@@ -368,15 +368,13 @@ def detect(
     The scan is brought to the point count the model was trained on (its
     config's num_points): a uniform subsample when larger, repeated points when
     smaller, chosen by per-point priorities that move with the scan (see
-    geo3d.detect), so the same file gives the same boxes and a rotated scan the
+    geo3d.apps.detect), so the same file gives the same boxes and a rotated scan the
     rotated boxes. Boxes are in
     the scan's coordinates: centre and full size (dx, dy, dz) in metres, yaw
     (radians, counter-clockwise about +z, in [-pi, pi)) of the box's x axis.
     """
 
-    from geo3d.checkpoint import CheckpointError
-    from geo3d.data.scan_files import ScanFileError, read_point_cloud
-    from geo3d.detect import (
+    from geo3d.apps.detect import (
         DUPLICATE_FRACTION,
         boxes_json,
         calibrated_score_threshold,
@@ -384,7 +382,9 @@ def detect(
         plot_detections,
         write_json,
     )
-    from geo3d.detect import detect as run_detector
+    from geo3d.apps.detect import detect as run_detector
+    from geo3d.checkpoint import CheckpointError
+    from geo3d.data.scan_files import ScanFileError, read_point_cloud
     from geo3d.registry import load_model
 
     try:
@@ -473,6 +473,9 @@ def generate(
     """Sample 3D molecules (explicit H, bonds, charges) with EQGAT-diff, write SDF, print quality metrics."""
     import json
 
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from geo3d.apps.generate import sample_molecules, write_and_score
     from geo3d.checkpoint import CheckpointError
     from geo3d.metrics.library_logs import captured_library_logs
     from geo3d.metrics.molecules import format_metrics_columns, format_metrics_table
@@ -489,9 +492,31 @@ def generate(
     # RDKit's "Explicit valence ..." lines (one per invalid molecule, while building, writing and
     # scoring) are counted into the table instead of burying it.
     with captured_library_logs() as log_lines:
-        metrics, raw = _generate(
-            net, n, output, steps, sampler, num_atoms, batch_size, seed, png, as_json, valence_aware
-        )
+        t0 = time.perf_counter()
+        with Progress(
+            TextColumn("sampling"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=as_json,
+        ) as progress:
+            bar = progress.add_task("steps", total=None)
+
+            def tick(done: int, total: int) -> None:
+                progress.update(bar, completed=done, total=total)
+
+            raw_mols: list = []
+            try:
+                mols = sample_molecules(
+                    net, n, batch_size, steps, sampler, num_atoms, seed, tick, valence_aware, raw_mols
+                )
+            except ValueError as exc:
+                _fail(str(exc))
+        elapsed = time.perf_counter() - t0
+        metrics, raw = write_and_score(net, mols, raw_mols, output, png)
+    metrics["seconds"] = elapsed
+    metrics["molecules_per_second"] = n / elapsed
     metrics["rdkit_log_lines"] = log_lines["rdkit"]
     metrics["posebusters_log_lines"] = log_lines["posebusters"]
     if as_json:
@@ -501,71 +526,7 @@ def generate(
         console.print(format_metrics_table(metrics))
     else:
         console.print(format_metrics_columns({"raw": raw, "valence-aware (written)": metrics}))
-    elapsed = metrics["seconds"]
     console.print(f"wrote {n} molecules to {output} ({elapsed:.1f} s, {n / elapsed:.2f} molecules/s)")
-
-
-def _generate(
-    net, n, output, steps, sampler, num_atoms, batch_size, seed, png, as_json, valence_aware
-) -> tuple[dict, dict | None]:
-    """Sample, write the SDF (and PNG), score: the metrics of `geo3d generate` (and, with
-    ``valence_aware``, those of the raw model's molecules of the same trajectories)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from geo3d.generate import draw_grid, sample_molecules, write_sdf
-    from geo3d.metrics.molecules import evaluate_molecules
-
-    t0 = time.perf_counter()
-    err = Console(stderr=True)
-    with Progress(
-        TextColumn("sampling"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=as_json,
-    ) as progress:
-        bar = progress.add_task("steps", total=None)
-
-        def tick(done: int, total: int) -> None:
-            progress.update(bar, completed=done, total=total)
-
-        try:
-            raw_mols: list = []
-            mols = sample_molecules(
-                net, n, batch_size, steps, sampler, num_atoms, seed, tick, valence_aware, raw_mols
-            )
-        except ValueError as exc:
-            _fail(str(exc))
-    elapsed = time.perf_counter() - t0
-    write_sdf(mols, output)
-    # xTB relaxations (when tblite is installed) cost seconds per molecule: score a subset.
-    train_smiles = _load_train_smiles(net)
-    metrics = evaluate_molecules(mols, train_smiles=train_smiles, xtb_max_molecules=20)
-    metrics["seconds"] = elapsed
-    metrics["molecules_per_second"] = n / elapsed
-    raw = evaluate_molecules(raw_mols, train_smiles=train_smiles, xtb_max_molecules=20) if raw_mols else None
-    if png is not None:
-        draw_grid(mols, png)
-    return metrics, raw
-
-
-def _load_train_smiles(net):
-    """Training SMILES for novelty: ``<checkpoint>.smiles.gz`` next to the checkpoint, if shipped.
-
-    The file holds SMILES already in the metrics' canonical form
-    (``canonical_smiles_set``), so loading skips re-canonicalising ~100k molecules.
-    """
-    import gzip
-
-    from geo3d.metrics.molecules import CanonicalSmiles
-
-    path = Path(net.geo3d_checkpoint["path"])
-    smiles_path = path.with_suffix(".smiles.gz")
-    if not smiles_path.is_file():
-        return None
-    with gzip.open(smiles_path, "rt") as fh:
-        return CanonicalSmiles(line.strip() for line in fh if line.strip())
 
 
 @app.command("evaluate-molecules")

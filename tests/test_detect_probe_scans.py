@@ -19,9 +19,7 @@ from torch_geometric.data import Data
 from typer.testing import CliRunner
 
 import geo3d
-from geo3d.cli import app
-from geo3d.data.probe_scans import PROBE_SET, SHAPES, make_probe_scan
-from geo3d.detect import (
+from geo3d.apps.detect import (
     DEFAULT_SCORE_THRESHOLD,
     calibrated_score_threshold,
     detect,
@@ -29,6 +27,8 @@ from geo3d.detect import (
     point_priority,
     scan_frame_coordinates,
 )
+from geo3d.cli import app
+from geo3d.data.probe_scans import PROBE_SET, SHAPES, make_probe_scan
 from geo3d.metrics.detection import f1_by_threshold, match_by_score
 from geo3d.models.apen import random_fill
 from geo3d.ops.boxes import points_in_boxes, suppress_close_centres

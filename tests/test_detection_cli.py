@@ -12,10 +12,10 @@ from helpers import fraction_found, write_ply
 from torch import nn
 from typer.testing import CliRunner
 
+from geo3d.apps.detect import fit_points
 from geo3d.cli import app
 from geo3d.data.rooms import CLASS_NAMES, make_scene
 from geo3d.data.scene_protocols import PROTOCOLS
-from geo3d.detect import fit_points
 from geo3d.train import ConfigError, load_config, make_task
 from geo3d.train.scene_eval import (
     SCENE_METERS,
@@ -209,7 +209,7 @@ def test_segmentation_meter_by_hand():
 def test_plot_without_matplotlib_says_how_to_install(monkeypatch, tmp_path):
     import sys
 
-    from geo3d.detect import plot_detections
+    from geo3d.apps.detect import plot_detections
 
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import now raises ImportError
     empty = {"boxes": torch.zeros(0, 7), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}

@@ -252,7 +252,7 @@ def random_fill(
     Each pick is the point of highest priority among those far enough: fresh
     uniform draws from ``generator`` per pick, or the fixed ``priority [N]`` in
     ``(0, 1]`` (a function of the points themselves, e.g.
-    :func:`geo3d.detect.point_priority`, so the picks follow the points under a
+    :func:`geo3d.apps.detect.point_priority`, so the picks follow the points under a
     rotation or a reordering of the scan).
     """
     num_graphs, slots = mask.shape

@@ -52,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "vote_k": 16,
     "head_width": 128,
 }
-# score_threshold: calibrated on validation scenes (geo3d.detect.calibrate_score_threshold), read by geo3d detect.
+# score_threshold: calibrated on validation scenes (geo3d.apps.detect.calibrate_score_threshold), read by geo3d detect.
 METADATA = ("arch", "num_points", "train_rotation", "class_names", "object_yaw", "score_threshold")
 
 

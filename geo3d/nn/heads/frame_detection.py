@@ -77,7 +77,7 @@ AXIS_WEIGHT = 10.0  # of frame_axis_loss in frame_detection_loss: as the vote te
 
 # Config keys the training task records in a frame-relative Rooms detector's checkpoint (apen_detector,
 # vn_detector) that the network does not use; score_threshold is calibrated on validation scenes
-# (geo3d.detect.calibrate_score_threshold) and read by geo3d detect.
+# (geo3d.apps.detect.calibrate_score_threshold) and read by geo3d detect.
 DETECTOR_METADATA = (
     "arch",
     "num_points",

@@ -1,4 +1,4 @@
-"""Sampling molecules from a trained EQGAT-diff model and writing them as SDF."""
+"""`geo3d generate`: sampling molecules from a trained EQGAT-diff model, writing them as SDF, scoring them."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from rdkit import Chem
 
 from geo3d.data.molecules import build_mol
 from geo3d.files import atomic_write
+from geo3d.metrics.molecules import CanonicalSmiles, Metrics, evaluate_molecules
 
 
 def sample_molecules(
@@ -106,3 +107,44 @@ def draw_grid(mols: list[Chem.Mol], path: str | Path, per_row: int = 8, max_mols
     path = Path(path)
     img.save(str(path))
     return path
+
+
+def load_train_smiles(net: torch.nn.Module) -> CanonicalSmiles | None:
+    """Training SMILES for novelty: ``<checkpoint>.smiles.gz`` next to the checkpoint, if shipped.
+
+    The file holds SMILES already in the metrics' canonical form
+    (``canonical_smiles_set``), so loading skips re-canonicalising ~100k molecules.
+    """
+    import gzip
+
+    path = Path(net.geo3d_checkpoint["path"])
+    smiles_path = path.with_suffix(".smiles.gz")
+    if not smiles_path.is_file():
+        return None
+    with gzip.open(smiles_path, "rt") as fh:
+        return CanonicalSmiles(line.strip() for line in fh if line.strip())
+
+
+def write_and_score(
+    net: torch.nn.Module,
+    mols: list[Chem.Mol],
+    raw_mols: list[Chem.Mol],
+    output: str | Path,
+    png: str | Path | None = None,
+    xtb_max_molecules: int = 20,
+) -> tuple[Metrics, Metrics | None]:
+    """Write ``mols`` as SDF (and a PNG grid), score them, and score ``raw_mols`` (the raw model's
+    molecules of the same trajectories, when sampled valence-aware; else empty -> None).
+
+    xTB relaxations (when tblite is installed) cost seconds per molecule: only
+    ``xtb_max_molecules`` are relaxed.
+    """
+    write_sdf(mols, output)
+    train_smiles = load_train_smiles(net)
+    metrics = evaluate_molecules(mols, train_smiles=train_smiles, xtb_max_molecules=xtb_max_molecules)
+    raw = None
+    if raw_mols:
+        raw = evaluate_molecules(raw_mols, train_smiles=train_smiles, xtb_max_molecules=xtb_max_molecules)
+    if png is not None:
+        draw_grid(mols, png)
+    return metrics, raw

@@ -31,7 +31,8 @@ if str(ROOT) not in sys.path:
 
 from torch_geometric.loader import DataLoader  # noqa: E402
 
-from geo3d.data.qm9 import QM9, molecule_statistics  # noqa: E402
+from geo3d.data.marginals import molecule_marginals  # noqa: E402
+from geo3d.data.qm9 import QM9  # noqa: E402
 from geo3d.diffusion.eqgat_diff import EQGATDiffusion  # noqa: E402
 from geo3d.train.precision import autocast_context  # noqa: E402
 
@@ -39,7 +40,7 @@ FUSED = True  # the trainer's optimizer (fused AdamW on the CPU)
 
 
 def build(args: argparse.Namespace, train_set) -> EQGATDiffusion:
-    stats = molecule_statistics(train_set)
+    stats = molecule_marginals(train_set)
     return EQGATDiffusion(
         {
             "denoiser": {

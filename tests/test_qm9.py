@@ -10,21 +10,20 @@ import pytest
 import torch
 from torch_geometric.data import Data
 
+from geo3d.data.marginals import molecule_marginals
 from geo3d.data.molecules import ATOM_INDEX, BOND_TYPES, data_to_mol
 from geo3d.data.qm9 import (
     QM9,
     QM9_NUM_IDS,
     QM9FormatError,
     build_qm9_cache,
-    canonical_smiles,
     find_qm9_dir,
     iter_qm9_records,
     load_qm9_cache,
     midi_split,
-    molecule_statistics,
     process_qm9_molecule,
-    qm9_statistics,
 )
+from geo3d.data.smiles import canonical_smiles
 
 # Nine real QM9 rows in qm9pack's exact format (header + rows copied from the wheel):
 # methane 1, water 3, acetylene 4, formaldehyde 6, pyridine 215, beta-alanine zwitterion 271,
@@ -194,7 +193,7 @@ def test_statistics_hand_counts():
     acetylene = _mol("C C H H", [(0, 1, 3), (0, 2, 1), (1, 3, 1)])
     formaldehyde = _mol("C O H H", [(0, 1, 2), (0, 2, 1), (0, 3, 1)])
     formaldehyde.charge[1] = -1  # any charge, to check the charge histogram
-    stats = molecule_statistics([methane, acetylene, formaldehyde])
+    stats = molecule_marginals([methane, acetylene, formaldehyde])
     assert stats.num_molecules == 3
     assert stats.num_atoms_count.tolist() == [0, 0, 0, 0, 2, 1]
     assert stats.atom_type_count[ATOM_INDEX["H"]] == 8 and stats.atom_type_count[ATOM_INDEX["C"]] == 4
@@ -210,9 +209,9 @@ def test_statistics_hand_counts():
     assert stats.as_dict()["bond_types"]["triple"] == pytest.approx(1 / 22)
 
 
-def test_qm9_statistics_fast_path_matches_generic(qm9_dir, tmp_path):
+def test_qm9_marginals_fast_path_matches_generic(qm9_dir, tmp_path):
     train = QM9("train", root=qm9_dir, cache_dir=tmp_path / "c", num_workers=0, progress=False)
-    fast, slow = qm9_statistics(train), molecule_statistics(list(train))
+    fast, slow = molecule_marginals(train), molecule_marginals(list(train))
     for name in ("num_atoms_count", "atom_type_count", "charge_count", "bond_type_count"):
         assert torch.equal(getattr(fast, name), getattr(slow, name)), name
     assert (

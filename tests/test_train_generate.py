@@ -174,13 +174,13 @@ def test_bfloat16_loss_and_gradients_follow_float32(sdf_set):
     the bf16 loss is within 3% of float32 and the gradient points the same way (cosine > 0.95)."""
     from torch_geometric.loader import DataLoader
 
-    from geo3d.data.qm9 import molecule_statistics
+    from geo3d.data.marginals import molecule_marginals
     from geo3d.data.sdf import read_sdf
     from geo3d.diffusion.eqgat_diff import EQGATDiffusion
     from geo3d.train.precision import autocast_context
 
     data = read_sdf(sdf_set)
-    stats = molecule_statistics(data)
+    stats = molecule_marginals(data)
     torch.manual_seed(0)
     model = EQGATDiffusion(
         {

@@ -3,27 +3,25 @@
 from geo3d.data.articulated import Articulated
 from geo3d.data.atomistic import StructureFileError, atoms_to_data, read_structures
 from geo3d.data.geom import GeomFormatError, load_geom_drugs
+from geo3d.data.marginals import MoleculeMarginals, molecule_marginals
 from geo3d.data.qm9 import (
     QM9,
-    MoleculeStatistics,
     QM9FormatError,
     build_qm9_cache,
-    canonical_smiles,
     midi_split,
-    molecule_statistics,
-    qm9_statistics,
 )
 from geo3d.data.rooms import Rooms
 from geo3d.data.scan_files import ScanFileError, read_point_cloud
 from geo3d.data.scene_protocols import PROTOCOLS, ProtocolSplit, apply_protocol
 from geo3d.data.sdf import SDFRecordError, load_gdb9_sdf, read_sdf
+from geo3d.data.smiles import canonical_smiles
 
 __all__ = [
     "PROTOCOLS",
     "QM9",
     "Articulated",
     "GeomFormatError",
-    "MoleculeStatistics",
+    "MoleculeMarginals",
     "ProtocolSplit",
     "QM9FormatError",
     "Rooms",
@@ -37,8 +35,7 @@ __all__ = [
     "load_gdb9_sdf",
     "load_geom_drugs",
     "midi_split",
-    "molecule_statistics",
-    "qm9_statistics",
+    "molecule_marginals",
     "read_point_cloud",
     "read_sdf",
     "read_structures",

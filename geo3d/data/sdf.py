@@ -20,7 +20,7 @@ from rdkit import Chem, rdBase
 from torch_geometric.data import Data
 
 from geo3d.data.molecules import MoleculeError, mol_to_data
-from geo3d.data.qm9 import canonical_smiles
+from geo3d.data.smiles import canonical_smiles
 
 
 class SDFRecordError(MoleculeError):

@@ -1,13 +1,11 @@
 """Metrics: molecule quality (stability, validity, uniqueness, novelty, distribution distances)."""
 
+from geo3d.data.smiles import CanonicalSmiles, canonical_smiles_set
 from geo3d.metrics.molecules import (
     CORRECTED_VALENCES,
     LEGACY_VALENCES,
-    CanonicalSmiles,
     MoleculeStatistics,
     UnreadableRecord,
-    canonical_smiles,
-    canonical_smiles_set,
     distribution_distances,
     evaluate_molecules,
     format_metrics_table,
@@ -15,6 +13,7 @@ from geo3d.metrics.molecules import (
     read_generated_sdf,
     stability,
     stable_atoms,
+    valid_smiles,
 )
 
 __all__ = [
@@ -23,7 +22,6 @@ __all__ = [
     "CanonicalSmiles",
     "MoleculeStatistics",
     "UnreadableRecord",
-    "canonical_smiles",
     "canonical_smiles_set",
     "distribution_distances",
     "evaluate_molecules",
@@ -32,4 +30,5 @@ __all__ = [
     "read_generated_sdf",
     "stability",
     "stable_atoms",
+    "valid_smiles",
 ]

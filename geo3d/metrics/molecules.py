@@ -49,6 +49,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy.stats import wasserstein_distance
 
+from geo3d.data.smiles import CanonicalSmiles, canonical_smiles, canonical_smiles_set
 from geo3d.metrics.library_logs import captured_library_logs
 
 Variant = Literal["legacy", "corrected"]
@@ -237,50 +238,16 @@ def sanitized(mol: Chem.Mol | None) -> Chem.Mol | None:
     return out
 
 
-def _canonical(smiles: str) -> str | None:
-    with rdBase.BlockLogs():
-        mol = Chem.MolFromSmiles(smiles)
-    return None if mol is None else Chem.MolToSmiles(mol, isomericSmiles=False)
-
-
-def canonical_smiles(mol: Chem.Mol | None) -> str | None:
-    """Canonical SMILES (hydrogens implicit, no stereo) of a valid molecule; ``None`` if invalid.
-
-    Goes through a SMILES round trip so that a generated molecule and a training
-    SMILES of the same compound canonicalise identically. Fragments stay
-    (``"C.O"``). Stereo is dropped: a 3D model's stereo is not part of what
-    these metrics compare, and training SMILES often lack it.
-    """
+def valid_smiles(mol: Chem.Mol | None) -> str | None:
+    """The SMILES key (:func:`geo3d.data.smiles.canonical_smiles`) of a valid molecule; ``None`` if
+    RDKit cannot sanitise its explicit-H copy."""
     clean = sanitized(mol)
     if clean is None:
         return None
     try:
-        with rdBase.BlockLogs():
-            smiles = Chem.MolToSmiles(Chem.RemoveHs(clean), isomericSmiles=False)
+        return canonical_smiles(clean)
     except (ValueError, RuntimeError):
         return None
-    return _canonical(smiles)
-
-
-class CanonicalSmiles(frozenset):
-    """A set of SMILES already canonicalised by :func:`canonical_smiles_set` (not redone for novelty)."""
-
-
-def canonical_smiles_set(smiles: Iterable[str], unparsable: list[int] | None = None) -> CanonicalSmiles:
-    """Canonical forms (as :func:`canonical_smiles`) of SMILES strings.
-
-    Strings RDKit cannot parse are left out; their positions are appended to
-    ``unparsable`` when a list is given. Canonicalise a large training set once
-    with this and pass the result to :func:`evaluate_molecules` to skip the work.
-    """
-    out = set()
-    for k, s in enumerate(smiles):
-        c = _canonical(s.strip()) if s.strip() else None  # "" would parse as an empty molecule
-        if c is not None:
-            out.add(c)
-        elif unparsable is not None:
-            unparsable.append(k)
-    return CanonicalSmiles(out)
 
 
 # ---------------------------------------------------------------------------
@@ -634,7 +601,7 @@ def _evaluate_molecules(
       ``compute_validity``) *before* its uniqueness step divides distinct by
       total, so it always reports 1.0.
     * ``novelty`` = unique valid SMILES not in ``train_smiles`` / ``n_unique``
-      (both sides canonicalised the same way, see :func:`canonical_smiles`).
+      (both sides canonicalised the same way, see :func:`valid_smiles`).
     * ``qed``, ``sa_score`` (1 easy .. 10 hard), ``sa_normalized`` = (10 - SA) / 9
       (EQGAT-diff's "SA", higher is better): means over the unique valid molecules.
     * with ``reference`` (molecules or their :class:`MoleculeStatistics`): see
@@ -664,7 +631,7 @@ def _evaluate_molecules(
     for mol in mols:
         fragments = len(Chem.GetMolFrags(mol)) if mol is not None and mol.GetNumAtoms() else 0
         n_single += fragments == 1
-        s = canonical_smiles(mol)
+        s = valid_smiles(mol)
         if s is not None:
             smiles.append(s)
             n_connected_valid += fragments == 1

@@ -51,9 +51,9 @@ class MoleculeGenerationTask:
         return train, val
 
     def model_config(self, train_set: Dataset) -> dict[str, Any]:
-        from geo3d.data.qm9 import molecule_statistics
+        from geo3d.data.marginals import molecule_marginals
 
-        stats = molecule_statistics(train_set)
+        stats = molecule_marginals(train_set)
         config = copy.deepcopy(self.cfg.model)
         config["priors"] = {
             "atoms": stats.atom_type_count.tolist(),
@@ -72,11 +72,11 @@ class MoleculeGenerationTask:
         return model(batch, generator)
 
     def evaluate(self, model: nn.Module, val_set: Dataset) -> dict[str, float]:
-        from geo3d.data.qm9 import molecule_statistics
+        from geo3d.data.marginals import molecule_marginals
         from geo3d.metrics.molecules import canonical_smiles_set, evaluate_molecules
 
         if self._train_smiles is None and self._train_set is not None:
-            self._train_smiles = canonical_smiles_set(molecule_statistics(self._train_set).smiles)
+            self._train_smiles = canonical_smiles_set(molecule_marginals(self._train_set).smiles)
 
         tc = self.cfg.train
         gen = torch.Generator().manual_seed(tc.seed)

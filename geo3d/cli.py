@@ -478,7 +478,7 @@ def generate(
     from geo3d.apps.generate import sample_molecules, write_and_score
     from geo3d.checkpoint import CheckpointError
     from geo3d.metrics.library_logs import captured_library_logs
-    from geo3d.metrics.molecules import format_metrics_columns, format_metrics_table
+    from geo3d.metrics.tables import format_metrics_columns, format_metrics_table
     from geo3d.registry import load_model
 
     if sampler not in ("ancestral", "fast"):
@@ -553,12 +553,10 @@ def evaluate_molecules_command(
 
     from rich.markup import escape
 
-    from geo3d.metrics.molecules import (
-        canonical_smiles_set,
-        evaluate_molecules,
-        format_metrics_table,
-        read_generated_sdf,
-    )
+    from geo3d.data.sdf import read_generated_sdf
+    from geo3d.data.smiles import canonical_smiles_set
+    from geo3d.metrics.molecules import evaluate_molecules
+    from geo3d.metrics.tables import format_metrics_table
 
     err = Console(stderr=True)
     notes: list[str] = []

@@ -9,8 +9,10 @@ import torch
 from rdkit import Chem
 
 from geo3d.data.molecules import build_mol
+from geo3d.data.smiles import CanonicalSmiles
 from geo3d.files import atomic_write
-from geo3d.metrics.molecules import CanonicalSmiles, Metrics, evaluate_molecules
+from geo3d.metrics.molecules import evaluate_molecules
+from geo3d.metrics.validity import Metrics
 
 
 def sample_molecules(

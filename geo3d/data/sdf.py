@@ -11,8 +11,11 @@ from __future__ import annotations
 import csv
 import os
 import re
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -221,3 +224,74 @@ def load_gdb9_sdf(
                 data.y = targets[idx]
             out.append(data)
     return out
+
+
+# --------------------------------------------------------------- generated molecules, read as they are
+
+
+@dataclass(frozen=True)
+class UnreadableRecord:
+    """A record of an SDF file that RDKit could not parse."""
+
+    path: str
+    record: int  # 1-based position of the record in the file
+    line: int  # 1-based line where the record starts
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: record {self.record} (line {self.line}) could not be read: {self.message}"
+
+
+def _parse_raw_record(text: str) -> Chem.Mol | None:
+    supplier = Chem.SDMolSupplier()
+    supplier.SetData(text, sanitize=False, removeHs=False, strictParsing=True)
+    return supplier[0] if len(supplier) else None
+
+
+def _parse_block(text: str) -> tuple[Chem.Mol | None, str]:
+    """Parse one SDF record, returning RDKit's own complaint when it fails."""
+    with rdBase.BlockLogs():
+        mol = _parse_raw_record(text)
+    if mol is not None:
+        return mol, ""
+    # RDKit says why only on its C++ stderr stream: parse again with file
+    # descriptor 2 pointed at a temporary file and read the complaint back.
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            _parse_raw_record(text)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        log = tmp.read().decode(errors="replace")
+    lines = [re.sub(r"^\[[0-9:]+\]\s*(ERROR:\s*)?", "", x).strip() for x in log.splitlines()]
+    lines = [x for x in lines if x and not x.startswith("moving to the beginning of the next molecule")]
+    return None, "; ".join(lines) or "RDKit could not parse the record"
+
+
+def read_generated_sdf(path: str | Path) -> tuple[list[Chem.Mol | None], list[UnreadableRecord]]:
+    """Every record of an SDF file, read with ``removeHs=False, sanitize=False``.
+
+    A record RDKit cannot parse is ``None`` in the list (so it is counted, as
+    an invalid molecule) and described in the error list with its record
+    number and starting line. Raises ``FileNotFoundError`` for a missing file.
+    Records are split by :func:`geo3d.data.sdf.iter_sdf_blocks`, as the training loader does.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such SDF file")
+    mols: list[Chem.Mol | None] = []
+    errors: list[UnreadableRecord] = []
+    for record, first_line, text in iter_sdf_blocks(path):
+        mol, reason = _parse_block(text + "$$$$\n")
+        if mol is None:
+            # RDKit counts lines from the start of the record; report file lines
+            reason = re.sub(
+                r"on line (\d+)", lambda m, s=first_line: f"on line {s - 1 + int(m.group(1))}", reason
+            )
+            errors.append(UnreadableRecord(str(path), record, first_line, reason))
+        mols.append(mol)
+    return mols, errors

@@ -73,7 +73,8 @@ class MoleculeGenerationTask:
 
     def evaluate(self, model: nn.Module, val_set: Dataset) -> dict[str, float]:
         from geo3d.data.marginals import molecule_marginals
-        from geo3d.metrics.molecules import canonical_smiles_set, evaluate_molecules
+        from geo3d.data.smiles import canonical_smiles_set
+        from geo3d.metrics.molecules import evaluate_molecules
 
         if self._train_smiles is None and self._train_set is not None:
             self._train_smiles = canonical_smiles_set(molecule_marginals(self._train_set).smiles)

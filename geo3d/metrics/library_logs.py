@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import wraps
+from typing import Any
 
 from rdkit import rdBase
 
@@ -59,3 +61,18 @@ def captured_library_logs() -> Iterator[Counter]:
         _depth -= 1
         if _depth == 0:
             rdBase.LogToCppStreams()
+
+
+def counting_library_logs(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Decorator: run ``fn`` (which returns a metrics dict) under :func:`captured_library_logs` and
+    add the counts to its result as ``rdkit_log_lines`` and ``posebusters_log_lines``."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        with captured_library_logs() as counts:
+            out = fn(*args, **kwargs)
+        out["rdkit_log_lines"] = counts["rdkit"]
+        out["posebusters_log_lines"] = counts["posebusters"]
+        return out
+
+    return wrapper

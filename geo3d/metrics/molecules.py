@@ -44,7 +44,7 @@ from rdkit.Chem import QED
 from geo3d.data.smiles import CanonicalSmiles, canonical_smiles_set
 from geo3d.metrics.distributions import MoleculeStatistics, distribution_distances
 from geo3d.metrics.external_checks import optional_packages, posebusters_checks, xtb_relaxation_energies
-from geo3d.metrics.library_logs import captured_library_logs
+from geo3d.metrics.library_logs import counting_library_logs
 from geo3d.metrics.stability import stability
 from geo3d.metrics.validity import Metrics, sanitized, valid_smiles
 
@@ -93,6 +93,7 @@ def drug_likeness(smiles: Iterable[str]) -> Metrics:
     return out
 
 
+@counting_library_logs
 def evaluate_molecules(
     mols: Sequence[Chem.Mol | None],
     train_smiles: Iterable[str] | None = None,
@@ -106,44 +107,10 @@ def evaluate_molecules(
     progress: bool = False,
     notes: list[str] | None = None,
 ) -> Metrics:
-    """Every metric for a set of generated molecules, as a flat JSON-serialisable dict (the metrics and
-    arguments: :func:`_evaluate_molecules`).
+    """Every metric for a set of generated molecules, as a flat JSON-serialisable dict.
 
     The log lines RDKit and PoseBusters write while scoring (one per failed sanitisation or
     embedding) are not printed but counted: ``rdkit_log_lines``, ``posebusters_log_lines``.
-    """
-    with captured_library_logs() as counts:
-        out = _evaluate_molecules(
-            mols,
-            train_smiles,
-            reference,
-            posebusters=posebusters,
-            xtb=xtb,
-            xtb_steps=xtb_steps,
-            xtb_fmax=xtb_fmax,
-            xtb_max_molecules=xtb_max_molecules,
-            progress=progress,
-            notes=notes,
-        )
-    out["rdkit_log_lines"] = counts["rdkit"]
-    out["posebusters_log_lines"] = counts["posebusters"]
-    return out
-
-
-def _evaluate_molecules(
-    mols: Sequence[Chem.Mol | None],
-    train_smiles: Iterable[str] | None = None,
-    reference: Sequence[Chem.Mol | None] | MoleculeStatistics | None = None,
-    *,
-    posebusters: bool | None = None,
-    xtb: bool | None = None,
-    xtb_steps: int = 100,
-    xtb_fmax: float = 0.05,
-    xtb_max_molecules: int | None = None,
-    progress: bool = False,
-    notes: list[str] | None = None,
-) -> Metrics:
-    """Every metric for a set of generated molecules, as a flat JSON-serialisable dict.
 
     Counts: ``n_molecules`` (including ``n_unreadable`` ``None`` entries),
     ``n_atoms``, ``n_valid``, ``n_connected_valid``, ``n_unique``, ``n_novel``.

@@ -214,6 +214,31 @@ def proposal_count(head: nn.Module, num_seeds: int) -> int:
     return p
 
 
+def group_proposals(
+    head: nn.Module, vote_pos: Tensor, proposal_idx: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """The proposal stage both vote heads share: proposal centres and the votes grouped around them.
+
+    Centres are ``proposal_idx [B, P]`` (indices into each scene's votes) when given, else
+    :func:`proposal_count` votes picked by canonical FPS over the votes; each centre then
+    groups its ``head.vote_k`` nearest votes within ``head.vote_radius``.
+
+    Returns:
+        ``agg_pos [B, P, 3]`` (the centres' votes) and ``nbr [B, P, k]`` (vote indices).
+    """
+    b, s, _ = vote_pos.shape
+    if proposal_idx is None:
+        ptr = torch.arange(b + 1) * s
+        centre_idx = canonical_fps(vote_pos.reshape(b * s, 3), ptr, proposal_count(head, s))
+        centre_idx = centre_idx - ptr[:-1, None].to(centre_idx.device)  # [B, P] within each scene
+    else:
+        if proposal_idx.dim() != 2 or proposal_idx.shape[0] != b:
+            raise ValueError(f"proposal_idx must be [B={b}, P], got {tuple(proposal_idx.shape)}")
+        centre_idx = proposal_idx.to(vote_pos.device).long()
+    agg_pos = gather_points(vote_pos, centre_idx)  # [B, P, 3]
+    return agg_pos, group_nearest(agg_pos, vote_pos, head.vote_k, head.vote_radius)
+
+
 class DetectionHead(nn.Module):
     """Seeds -> votes -> proposals with box parameters (VoteNet's voting and proposal modules).
 
@@ -283,13 +308,7 @@ class DetectionHead(nn.Module):
         vote_pos = seed_pos + vote[..., :3]
         vote_feat = F.normalize(seed_feat + vote[..., 3:], dim=-1)  # VoteNet L2-normalises vote features
 
-        ptr = torch.arange(b + 1) * s
-        p = proposal_count(self, s)
-        centre_idx = canonical_fps(vote_pos.reshape(b * s, 3), ptr, p) - ptr[:-1, None].to(
-            vote_pos.device
-        )  # [B, P] within each scene
-        agg_pos = gather_points(vote_pos, centre_idx)  # [B, P, 3]
-        nbr = group_nearest(agg_pos, vote_pos, self.vote_k, self.vote_radius)  # [B, P, k]
+        agg_pos, nbr = group_proposals(self, vote_pos)  # [B, P, 3], [B, P, k]
         rel = (gather_points(vote_pos, nbr) - agg_pos[:, :, None]) / self.vote_radius
         h = self.aggregate(torch.cat([rel, gather_points(vote_feat, nbr)], dim=-1)).max(dim=2).values
 

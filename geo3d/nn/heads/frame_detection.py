@@ -59,13 +59,11 @@ from geo3d.nn.heads.detection import (
     NEAR_THRESHOLD,
     PointMLP,
     angle_to_class,
-    canonical_fps,
     check_mean_sizes,
     detection_loss,
     gather_points,
-    group_nearest,
+    group_proposals,
     most_likely_boxes,
-    proposal_count,
     select_detections,
     split_box_parameters,
 )
@@ -198,17 +196,7 @@ class FrameVoteHead(nn.Module):
             raise ValueError(f"{given} do not match seed_pos {tuple(seed_pos.shape)}")
         vote_feat = F.normalize(seed_feat + self.feat_out(self.feat_mlp(seed_feat)), dim=-1)
 
-        if proposal_idx is None:
-            p = proposal_count(self, s)
-            ptr = torch.arange(b + 1) * s
-            centre_idx = canonical_fps(seed_vote.reshape(b * s, 3), ptr, p)
-            centre_idx = centre_idx - ptr[:-1, None].to(centre_idx.device)  # [B, P] within each scene
-        else:
-            if proposal_idx.dim() != 2 or proposal_idx.shape[0] != b:
-                raise ValueError(f"proposal_idx must be [B={b}, P], got {tuple(proposal_idx.shape)}")
-            centre_idx = proposal_idx.to(seed_vote.device).long()
-        agg_pos = gather_points(seed_vote, centre_idx)  # [B, P, 3]
-        nbr = group_nearest(agg_pos, seed_vote, self.vote_k, self.vote_radius)  # [B, P, k]
+        agg_pos, nbr = group_proposals(self, seed_vote, proposal_idx)  # [B, P, 3], [B, P, k]
         votes = gather_points(seed_vote, nbr)  # [B, P, k, 3]
         points = gather_points(seed_pos, nbr)
         # group_nearest pads beyond the radius with the nearest vote (the centre itself): count it once

@@ -92,6 +92,25 @@ def test_fps_matches_brute_force(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS_HERE)
+def test_fps_takes_counts_and_start_points(backend):
+    g = torch.Generator().manual_seed(5)
+    sizes = [40, 1, 25]
+    pos = torch.rand(sum(sizes), 3, generator=g, dtype=torch.float64)
+    batch = torch.repeat_interleave(torch.arange(3), torch.tensor(sizes))
+    start = torch.tensor([17, 0, 24])
+    got = fps(pos, batch, num=torch.tensor([5, 1, 3]), start=start, backend=backend)
+    assert torch.equal(got, fps(pos, batch, num=torch.tensor([5, 1, 3]), start=start, backend="reference"))
+    assert got[[0, 5, 6]].tolist() == [17, 40, 41 + 24]  # each graph starts where it was told
+    # brute force: the second pick of graph 0 is the point farthest from its start
+    assert int(got[1]) == int(((pos[:40] - pos[17]) ** 2).sum(1).argmax())
+    assert len(fps(pos, batch, num=1, backend=backend)) == 3  # an int applies to every graph
+    with pytest.raises(ValueError, match="num="):
+        fps(pos, batch, num=2, backend=backend)  # graph 1 has one point
+    with pytest.raises(ValueError, match="start"):
+        fps(pos, batch, num=1, start=torch.tensor([40, 0, 0]), backend=backend)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS_HERE)
 def test_fps_large_single_cloud_uses_threads_and_agrees(backend):
     # Above 2^18 points one cloud's updates are split over threads (lowest index on ties).
     pos = torch.rand(300_000, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)

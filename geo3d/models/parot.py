@@ -125,21 +125,17 @@ def _validate(cfg: dict[str, Any]) -> None:
 def farthest_point_centres(x: Tensor, s: int, random_start: bool) -> Tensor:
     """Indices ``[B, S]`` of ``s`` FPS centres of each centred cloud ``x [B, P, 3]``.
 
-    geo3d's ``fps`` starts at a graph's first point, so each cloud is rolled to
-    put the start first: the point farthest from the centroid (an
-    order-independent choice), or a random one when ``random_start``.
+    FPS starts at the point farthest from the centroid (an order-independent
+    choice), or a random one when ``random_start``.
     """
     b, p, _ = x.shape
     if random_start:
         start = torch.randint(p, (b,), device=x.device)
     else:
         start = x.detach().norm(dim=-1).argmax(dim=1)
-    order = (torch.arange(p, device=x.device) + start[:, None]) % p  # [B, P]
-    rolled = gather_neighbours(x.detach(), order.unsqueeze(-1)).reshape(-1, 3)
     batch = torch.arange(b, device=x.device).repeat_interleave(p)
-    idx = fps(rolled, batch, ratio=s / p, num_graphs=b).reshape(b, -1)[:, :s]  # ceil() may give s+1
-    idx = idx - (torch.arange(b, device=x.device) * p)[:, None]
-    return torch.gather(order, 1, idx)
+    idx = fps(x.detach().reshape(-1, 3), batch, num_graphs=b, num=s, start=start).reshape(b, s)
+    return idx - (torch.arange(b, device=x.device) * p)[:, None]
 
 
 class PatchEncoding(NamedTuple):

@@ -103,25 +103,44 @@ def fps(
     generator: torch.Generator | None = None,
     backend: str | None = None,
     num_graphs: int | None = None,
+    *,
+    num: int | Tensor | None = None,
+    start: Tensor | None = None,
 ) -> Tensor:
-    """Farthest-point sampling: ``ceil(ratio * n_b)`` points of each graph b.
+    """Farthest-point sampling: ``ceil(ratio * n_b)`` points of each graph b (or ``num``).
 
-    Starts at each graph's first point (or a random one with ``random_start``,
-    drawn from ``generator``); then repeatedly takes the point farthest from
-    those already taken (ties: the lower index).
+    Starts at each graph's first point, at ``start[b]`` when given, or at a random
+    one with ``random_start`` (drawn from ``generator``); then repeatedly takes the
+    point farthest from those already taken (ties: the lower index).
+
+    Args:
+        num: points per graph, an int or ``[B]`` int64 (replaces ``ratio``).
+        start: ``[B]`` int64 index of each graph's first pick, counted within the graph.
 
     Returns:
         ``[sum_b m_b]`` int64 indices into ``pos``, graph by graph, in selection order.
 
     Raises:
-        ValueError: NaN/inf positions, ``ratio`` outside (0, 1], or a malformed ``batch``.
+        ValueError: NaN/inf positions, ``ratio`` outside (0, 1], ``num`` above a graph's size,
+            ``start`` outside its graph, or a malformed ``batch``.
     """
     if not (0.0 < ratio <= 1.0):
         raise ValueError(f"fps: ratio must be in (0, 1], got {ratio!r}")
     ptr = _ptr(pos, batch, num_graphs, "fps")
     sizes = ptr[1:] - ptr[:-1]
-    counts = torch.ceil(sizes.double() * ratio).long().clamp(max=sizes)
-    if random_start:
+    if num is None:
+        counts = torch.ceil(sizes.double() * ratio).long().clamp(max=sizes)
+    else:
+        counts = torch.as_tensor(num, dtype=torch.long).cpu().expand(len(sizes)).contiguous()
+        if bool((counts < 0).any() | (counts > sizes).any()):
+            raise ValueError(f"fps: num={counts.tolist()} points from graphs of {sizes.tolist()}")
+    if start is not None:
+        if random_start:
+            raise ValueError("fps: give start or random_start, not both")
+        start = start.detach().long().cpu().reshape(-1)
+        if start.numel() != len(sizes) or bool(((start < 0) | (start >= sizes.clamp(min=1))).any()):
+            raise ValueError(f"fps: start {start.tolist()} outside graphs of {sizes.tolist()} points")
+    elif random_start:
         start = (torch.rand(len(sizes), generator=generator, dtype=torch.float64) * sizes).long()
         start = torch.minimum(start, (sizes - 1).clamp(min=0))
     else:

@@ -114,9 +114,8 @@ class PointMLP(nn.Module):
 def canonical_fps(pos: Tensor, ptr: Tensor, m: int) -> Tensor:
     """Farthest-point sampling of ``m`` points per scene, independent of point order and translation.
 
-    geo3d's :func:`~geo3d.ops.point_ops.fps` starts at each scene's first point;
-    starting instead at the point farthest from the scene's centroid makes the
-    choice a function of the point set (ties aside).
+    Starting :func:`~geo3d.ops.point_ops.fps` at the point farthest from the scene's
+    centroid (not its first point) makes the choice a function of the point set (ties aside).
 
     Args:
         pos: ``[N, 3]`` points of ``B`` scenes, scene b at ``ptr[b]:ptr[b+1]``.
@@ -128,19 +127,11 @@ def canonical_fps(pos: Tensor, ptr: Tensor, m: int) -> Tensor:
     sizes = ptr[1:] - ptr[:-1]
     if len(sizes) == 0 or int(sizes.min()) < m:
         raise ValueError(f"farthest-point sampling of {m} points: a scene has only {sizes.tolist()} points")
-    perm = torch.arange(len(pos), device=pos.device)
     p = pos.detach()
-    for b in range(len(sizes)):
-        lo, hi = int(ptr[b]), int(ptr[b + 1])
-        q = p[lo:hi]
-        start = lo + int(((q - q.mean(0)) ** 2).sum(1).argmax())
-        perm[lo], perm[start] = start, lo
     batch = torch.repeat_interleave(torch.arange(len(sizes), device=pos.device), sizes.to(pos.device))
-    ratio = min(1.0, m / int(sizes.min()))
-    idx = fps(p[perm], batch, ratio=ratio, num_graphs=len(sizes))
-    # fps takes ceil(ratio * n_b) >= m points of each scene; FPS order makes the first m the m-point FPS.
-    counts = torch.ceil(sizes.double() * ratio).long().clamp(max=sizes).tolist()
-    return torch.stack([chunk[:m] for chunk in torch.split(perm[idx], counts)])
+    scenes = [p[int(ptr[b]) : int(ptr[b + 1])] for b in range(len(sizes))]
+    start = torch.stack([((q - q.mean(0)) ** 2).sum(1).argmax() for q in scenes])
+    return fps(p, batch, num_graphs=len(sizes), num=m, start=start).reshape(len(sizes), m)
 
 
 def group_nearest(centres: Tensor, points: Tensor, k: int, radius: float) -> Tensor:

@@ -39,8 +39,8 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from geo3d.checkpoint import CheckpointError
 from geo3d.data.atomistic import atoms_to_data
 from geo3d.graph.edges import edge_vectors
+from geo3d.graph.neighbor_list import NeighborList
 from geo3d.models.potential_domain import THRESHOLD, ExtrapolationError, describe_atom
-from geo3d.ops.radius_graph import radius_graph
 from geo3d.registry import load_model
 from geo3d.runtime import resolve_device, retain_freed_memory
 
@@ -129,33 +129,12 @@ class Geo3DCalculator(Calculator):
                 ExtrapolationWarning,
                 stacklevel=2,
             )
-        self._graph = None  # (edge_index, shifts, positions at build, cell, pbc, numbers)
-        self.neighbor_list_builds = 0
+        self._neighbors = NeighborList(self.r_max, self.skin)
 
-    def _neighbours(self, atoms: Atoms, pos: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor):
-        g = self._graph
-        if g is not None:
-            _, _, pos0, cell0, pbc0, numbers0 = g
-            same = (
-                np.array_equal(atoms.numbers, numbers0)
-                and np.array_equal(atoms.pbc, pbc0)
-                and np.allclose(atoms.cell.array, cell0, rtol=0, atol=1e-12)
-            )
-            if same and len(pos0) == len(pos):
-                moved = np.linalg.norm(atoms.positions - pos0, axis=1).max() if len(pos0) else 0.0
-                if moved < 0.5 * self.skin:
-                    return g[0], g[1]
-        edge_index, shifts = radius_graph(pos, self.r_max + self.skin, cell=cell, pbc=pbc)
-        self._graph = (
-            edge_index,
-            shifts,
-            atoms.positions.copy(),
-            atoms.cell.array.copy(),
-            atoms.pbc.copy(),
-            atoms.numbers.copy(),
-        )
-        self.neighbor_list_builds += 1
-        return edge_index, shifts
+    @property
+    def neighbor_list_builds(self) -> int:
+        """How often the neighbour list was built (a Verlet skin saves rebuilds)."""
+        return self._neighbors.builds
 
     def calculate(
         self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes
@@ -170,8 +149,7 @@ class Geo3DCalculator(Calculator):
         data = atoms_to_data(atoms, dtype=self.dtype, source="Geo3DCalculator atoms")
         self.net.species(data.z)  # unknown elements: a clear error before any work
         data = data.to(self.device)
-        edge_index, shifts = self._neighbours(atoms, data.pos, data.cell[0], data.pbc[0])
-        data.edge_index, data.shifts = edge_index.to(self.device), shifts.to(self.device)
+        self._neighbors.attach(data)
         self._refuse_coincident(data)
         periodic = bool(atoms.pbc.all())
         out = self.net(data, compute_forces=True, compute_stress=periodic)

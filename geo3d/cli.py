@@ -106,8 +106,8 @@ def _neighbor_report(path: Path, cutoff: float, backend: str | None, check_ase: 
     import torch
 
     from geo3d.data import StructureFileError, atoms_to_data, read_structures
-    from geo3d.graph import edge_lengths, edge_vectors
-    from geo3d.ops import canonical_order, radius_graph
+    from geo3d.graph import NeighborList, edge_lengths, edge_vectors
+    from geo3d.ops import canonical_order
 
     try:
         frames = read_structures(path)
@@ -118,7 +118,7 @@ def _neighbor_report(path: Path, cutoff: float, backend: str | None, check_ase: 
         try:
             data = atoms_to_data(atoms, source=f"{path} frame {k}")
             t0 = time.perf_counter()
-            edge_index, shifts = radius_graph(data.pos, cutoff, cell=data.cell, pbc=data.pbc, backend=backend)
+            edge_index, shifts = NeighborList(cutoff, backend=backend)(data.pos, data.cell, data.pbc)
             elapsed = time.perf_counter() - t0
         except StructureFileError as exc:
             _fail(str(exc))

@@ -112,3 +112,56 @@ def test_edge_features_invariance_under_rotation_and_translation(dtype):
     assert torch.allclose(vec2, vec @ rot.T, atol=tol)
     d = SphericalHarmonics(2).irreps_out.D_from_matrix(rot.double()).to(dtype)
     assert torch.allclose(sh2, sh @ d.T, atol=max(tol, 1e-5))
+
+
+def _pairs(edge_index, shifts):
+    return {
+        (int(j), int(i), *map(int, s))
+        for (j, i), s in zip(edge_index.T.tolist(), shifts.tolist(), strict=True)
+    }
+
+
+def test_neighbor_list_keeps_its_graph_within_half_the_skin():
+    from geo3d.graph import NeighborList
+
+    data = atoms_to_data(bulk("Cu", "fcc", a=3.6, cubic=True).repeat((3, 3, 3)), dtype=torch.float64)
+    cell, pbc = data.cell[0], data.pbc[0]
+    nl = NeighborList(4.0, skin=1.0)
+    first = nl(data.pos, cell, pbc)
+    assert nl.builds == 1 and _pairs(*first) == _pairs(*radius_graph(data.pos, 5.0, cell=cell, pbc=pbc))
+    g = torch.Generator().manual_seed(0)
+    moved = data.pos + 0.2 * torch.nn.functional.normalize(
+        torch.randn(data.pos.shape, generator=g, dtype=torch.float64)
+    )
+    kept = nl(moved, cell, pbc)  # every atom moved 0.2 < skin / 2: same list, and it still holds
+    assert nl.builds == 1 and kept[0] is first[0]
+    within = _pairs(*radius_graph(moved, 4.0, cell=cell, pbc=pbc))
+    assert within <= _pairs(*kept)  # no pair inside the cutoff is missing (brute-force radius graph)
+    nl(moved + 0.35, cell, pbc)  # a rigid shift of 0.55 in all > skin / 2 -> rebuilt
+    assert nl.builds == 2
+    nl(moved + 0.35, cell * 1.01, pbc)  # another cell -> rebuilt
+    assert nl.builds == 3
+    exact = NeighborList(4.0)  # no skin: any move rebuilds
+    exact(data.pos, cell, pbc), exact(data.pos, cell, pbc), exact(moved, cell, pbc)
+    assert exact.builds == 2
+    with pytest.raises(ValueError, match="skin"):
+        NeighborList(4.0, skin=-1.0)
+
+
+def test_a_model_refuses_a_graph_built_short_of_its_cutoff():
+    from geo3d.graph import NeighborList, with_radius_graph
+    from geo3d.models.potential import InteratomicPotential
+
+    net = InteratomicPotential(
+        {"elements": [29], "r_max": 4.0, "channels": 8, "num_layers": 1, "radial_hidden": 8}
+    )
+    net = net.double()
+    data = atoms_to_data(bulk("Cu", "fcc", a=3.6, cubic=True), dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"built at 3 Å but the model's cutoff is 4 Å"):
+        net(with_radius_graph(data.clone(), 3.0))
+    full = net(NeighborList(4.0, skin=0.5).attach(data.clone()))["energy"]
+    exact = net(with_radius_graph(data.clone(), 4.0))["energy"]
+    assert torch.allclose(full, exact, atol=1e-10)  # edges in the skin add nothing
+    batch = Batch.from_data_list([with_radius_graph(data.clone(), 4.0), with_radius_graph(data.clone(), 3.5)])
+    with pytest.raises(ValueError, match=r"3\.5 Å"):
+        net(batch)

@@ -6,27 +6,19 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from geo3d.graph.edges import edge_lengths, edge_vectors
+from geo3d.graph.neighbor_list import NeighborList
 from geo3d.graph.radial import RadialEmbedding
 from geo3d.graph.spherical import SphericalHarmonics
-from geo3d.ops.radius_graph import radius_graph
 
 
 def with_radius_graph(data: Data, r: float, loop: bool = False, backend: str | None = None) -> Data:
-    """Attach ``edge_index [2, E]`` and ``shifts [E, 3]`` to ``data`` (a ``Data`` or ``Batch``).
+    """Attach ``edge_index [2, E]``, ``shifts [E, 3]`` and ``graph_cutoff`` to ``data`` (a ``Data`` or
+    ``Batch``): a one-off :class:`~geo3d.graph.neighbor_list.NeighborList` at radius ``r``.
 
     Uses ``data.cell [B, 3, 3]`` and ``data.pbc [B, 3]`` when present (the atomistic
     layout of DESIGN.md), else a non-periodic graph; ``data.batch`` if batched.
     """
-    batch = getattr(data, "batch", None)
-    cell = getattr(data, "cell", None)
-    pbc = getattr(data, "pbc", None)
-    num_graphs = getattr(data, "num_graphs", None) if batch is not None else None
-    edge_index, shifts = radius_graph(
-        data.pos, r, batch=batch, cell=cell, pbc=pbc, loop=loop, backend=backend, num_graphs=num_graphs
-    )
-    data.edge_index = edge_index
-    data.shifts = shifts
-    return data
+    return NeighborList(r, loop=loop, backend=backend).attach(data)
 
 
 class EdgeFeatures(nn.Module):

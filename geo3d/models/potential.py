@@ -26,6 +26,7 @@ from e3nn.nn import Gate
 from torch import Tensor, nn
 
 from geo3d.graph.edges import edge_vectors
+from geo3d.graph.neighbor_list import check_graph_cutoff
 from geo3d.graph.radial import RadialEmbedding
 from geo3d.models.potential_domain import TrainingDomain
 from geo3d.nn import ChannelWiseTensorProductConv
@@ -186,6 +187,7 @@ class InteratomicPotential(nn.Module):
         ``training=True`` keeps the graph of the forces so that a force loss can be
         differentiated.
         """
+        check_graph_cutoff(data, self.r_max, "potential")
         pos, z = data.pos, data.z
         n = pos.shape[0]
         batch = data.batch if getattr(data, "batch", None) is not None else pos.new_zeros(n, dtype=torch.long)

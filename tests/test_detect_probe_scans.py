@@ -30,7 +30,7 @@ from geo3d.apps.detect import (
 from geo3d.cli import app
 from geo3d.data.probe_scans import PROBE_SET, SHAPES, make_probe_scan
 from geo3d.metrics.detection import f1_by_threshold, match_by_score
-from geo3d.models.apen import random_fill
+from geo3d.nn.partition import random_fill
 from geo3d.ops.boxes import points_in_boxes, suppress_close_centres
 
 runner = CliRunner()

@@ -13,14 +13,9 @@ from torch_geometric.data import Batch, Data
 
 from geo3d.metrics.detection import eval_det, voc_ap
 from geo3d.models.votenet import Seeds, VoteNet
-from geo3d.nn.heads.detection import (
-    DetectionHead,
-    angle_to_class,
-    decode_boxes,
-    decode_detections,
-    detection_loss,
-    encode_boxes,
-)
+from geo3d.nn.heads.box_coding import angle_to_class, decode_boxes, encode_boxes
+from geo3d.nn.heads.detection import DetectionHead, decode_detections
+from geo3d.nn.heads.detection_loss import detection_loss
 from geo3d.nn.heads.frame_detection import FrameVoteHead
 from geo3d.ops.boxes import box3d_iou, box3d_iou_matrix, nms_3d, points_in_boxes
 from geo3d.registry import build_model

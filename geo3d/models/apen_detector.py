@@ -47,7 +47,8 @@ from torch import Tensor, nn
 
 from geo3d.models.apen import APEN
 from geo3d.models.apen import check_config as check_apen_config
-from geo3d.nn.heads.detection import check_proposal_counts, fill_mean_sizes, head_kwargs
+from geo3d.nn.heads.box_coding import fill_mean_sizes
+from geo3d.nn.heads.detection import check_proposal_counts, head_kwargs
 from geo3d.nn.heads.frame_detection import (
     DETECTOR_METADATA,
     FrameVoteHead,

@@ -50,13 +50,15 @@ import torch
 from torch import Tensor, nn
 
 from geo3d.models.votenet import abstraction_levels, ball_group, interpolate, scene_ptr
-from geo3d.nn.heads.detection import PointMLP, check_proposal_counts, fill_mean_sizes, head_kwargs
+from geo3d.nn.heads.box_coding import fill_mean_sizes
+from geo3d.nn.heads.detection import check_proposal_counts, head_kwargs
 from geo3d.nn.heads.frame_detection import (
     DETECTOR_METADATA,
     FrameVoteHead,
     check_heading_frame,
     decode_frame_detections,
 )
+from geo3d.nn.heads.point_grouping import PointMLP
 from geo3d.nn.vector_neurons import VNInvariant, VNLinear, VNLinearBNLeakyReLU, VNMaxPool
 
 DEFAULTS: dict[str, Any] = {

@@ -24,15 +24,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from geo3d.nn.heads.detection import (
-    DetectionHead,
-    PointMLP,
-    canonical_fps,
-    check_proposal_counts,
-    fill_mean_sizes,
-    gather_points,
-    head_kwargs,
-)
+from geo3d.nn.heads.box_coding import fill_mean_sizes
+from geo3d.nn.heads.detection import DetectionHead, check_proposal_counts, head_kwargs
+from geo3d.nn.heads.point_grouping import PointMLP, canonical_fps, gather_points
 from geo3d.ops.point_ops import knn_graph
 
 DEFAULTS: dict[str, Any] = {

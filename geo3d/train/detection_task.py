@@ -21,7 +21,7 @@ from torch_geometric.data import Data
 
 from geo3d.data.rooms import CLASS_NAMES, NUM_CLASSES, Rooms
 from geo3d.data.scene_protocols import apply_protocol
-from geo3d.nn.heads.detection import detection_loss
+from geo3d.nn.heads.detection_loss import detection_loss
 from geo3d.nn.heads.frame_detection import frame_detection_loss
 from geo3d.train.config import ExperimentConfig
 from geo3d.train.scene_eval import DetectionMeter, scene_metrics, split_boxes

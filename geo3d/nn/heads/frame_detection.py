@@ -55,18 +55,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from geo3d.nn.heads.detection import (
-    NEAR_THRESHOLD,
-    PointMLP,
+from geo3d.nn.heads.box_coding import (
     angle_to_class,
     check_mean_sizes,
-    detection_loss,
-    gather_points,
-    group_proposals,
     most_likely_boxes,
-    select_detections,
     split_box_parameters,
 )
+from geo3d.nn.heads.detection import group_proposals, select_detections
+from geo3d.nn.heads.detection_loss import NEAR_THRESHOLD, detection_loss
+from geo3d.nn.heads.point_grouping import PointMLP, gather_points
 
 GEOMETRY = 5  # per grouped vote: distance to the proposal centre, |u_x|, |u_y|, u_x u_y, u_z
 HEADING_FRAMES = ("learned", "pca")  # per-proposal frame: the seeds' learned axes, or their PCA axis

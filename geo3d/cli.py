@@ -238,8 +238,6 @@ def evaluate(
     """Shapes: accuracy or part mIoU under rotations. Rooms scene models: mAP@0.25/0.5 and/or mIoU per protocol."""
     import json
 
-    import torch
-
     from geo3d.registry import load_model
     from geo3d.train.scene_eval import SCENE_METERS
 
@@ -253,37 +251,16 @@ def evaluate(
     if object_yaw is not None:
         _fail("--object-yaw applies to Rooms scene models only")
 
-    from geo3d.data.articulated import Articulated
-    from geo3d.data.shapes import Shapes
-    from geo3d.data.transforms import RandomRotate
-    from geo3d.train.pointcloud_task import ARCHS, SEG_ARCHS, classification_metrics, segmentation_metrics
+    from geo3d.apps.evaluate import evaluate_on_shapes
 
-    config = net.geo3d_checkpoint["config"]
-    arch = net.geo3d_checkpoint.get("arch")
-    if arch not in (*ARCHS, *SEG_ARCHS):
-        _fail(f"{model}: holds a {arch!r} model, not a point-cloud classifier, segmenter or scene model")
-    metric_fn = segmentation_metrics if arch in SEG_ARCHS else classification_metrics
-    rotations = ["z", "so3"] if protocol == "all" else [rotation]
     if protocol not in ("", "all"):
         _fail(f"--protocol must be 'all' or omitted, got {protocol!r}")
-    train_rot = config.get("train_rotation", "?")
-    # the Shapes variant it was trained on (recorded in the model config; older checkpoints: the
-    # run's data config if they still carry it, else standard)
-    experiment = net.geo3d_checkpoint.get("extra", {}).get("train_state", {}).get("experiment", {})
-    difficulty = config.get("difficulty", experiment.get("data", {}).get("difficulty", "standard"))
-    num_points = int(config.get("num_points", 1024))
-    results = {}
-    for rot in rotations:
-        try:
-            transform = RandomRotate(rot, torch.Generator().manual_seed(seed))
-        except ValueError as exc:
-            _fail(str(exc))
-        test = Shapes("test", per_class, num_points, transform=transform, difficulty=difficulty)
-        results[f"{train_rot}/{rot}"] = metric_fn(net, test)
-        if arch in SEG_ARCHS and protocol == "all" and difficulty == "standard":
-            # the same classes with every part turned about its joint: piecewise, not global, motion
-            moved = Articulated("test", per_class, num_points, transform=transform)
-            results[f"{train_rot}/{rot}+articulated"] = metric_fn(net, moved)
+    try:
+        results, difficulty = evaluate_on_shapes(
+            net, ["z", "so3"] if protocol == "all" else [rotation], per_class, seed, protocol == "all"
+        )
+    except ValueError as exc:
+        _fail(f"{model}: {exc}")
     if as_json:
         print(json.dumps(results))
         return

@@ -103,6 +103,158 @@ def _warm_start(model: nn.Module, arch: str, init: dict[str, Any], where: str) -
         raise CheckpointError(f"{where}: weights do not fit: {exc}") from exc
 
 
+def _start_config(
+    task: Task, cfg: ExperimentConfig, train_set: Dataset, state: dict | None, rank: int
+) -> tuple[dict[str, Any], tuple[Path, dict] | None]:
+    """The model config to build, and ``(path, checkpoint)`` of ``train.init_from`` for a warm start.
+
+    Resuming: ``last.pt``'s config. Warm start of the same architecture: the checkpoint's config and
+    all its weights; of another one: this config's model, one of whose parts (``warm_start_parts``)
+    takes the checkpoint whole. Otherwise the task's config from the training set.
+    """
+    if state is not None:
+        return state["config"], None
+    if cfg.train.init_from is None:
+        return task.model_config(train_set), None
+    init_path = resolve_model(cfg.train.init_from)
+    init = load_checkpoint(init_path)
+    if init["arch"] != task.arch:
+        return task.model_config(train_set), (init_path, init)
+    unused = sorted(k for k, v in cfg.model.items() if k in init["config"] and init["config"][k] != v)
+    if unused and rank == 0:
+        console.print(
+            f"[yellow]train.init_from: the model config comes from {init_path} (same "
+            f"architecture); this config's model keys {unused} differ from it and are not used[/yellow]"
+        )
+    return init["config"], (init_path, init)
+
+
+class _Run:
+    """One training run's state (weights, optimiser, EMA, loop position, best score) and what the loop
+    does with it: restore, save a checkpoint, validate, build an epoch's loader, take a step."""
+
+    def __init__(
+        self, task: Task, cfg: ExperimentConfig, dev: torch.device, model_config: dict, model: nn.Module
+    ) -> None:
+        self.task, self.cfg, self.dev, self.model_config, self.model = task, cfg, dev, model_config, model
+        self.rank, self.world = _world()
+        # fused: one C++ kernel over all parameters on the CPU (~4% of an EQGAT step against the
+        # per-parameter loop); the same update and the same state_dict, so resumes are unaffected.
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=cfg.optim.lr,
+            weight_decay=cfg.optim.weight_decay,
+            amsgrad=cfg.optim.amsgrad,
+            fused=dev.type in ("cpu", "cuda") and all(p.is_floating_point() for p in model.parameters()),
+        )
+        self.ema = EMA(model, cfg.train.ema_decay)
+        self.step, self.epoch, self.best = 0, 0, -math.inf
+        self.metrics: dict[str, Any] = {}
+        self.ddp_model = model
+        if self.world > 1:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[dev.index] if dev.type == "cuda" else None
+            )
+
+    def restore(self, state: dict) -> None:
+        """Continue exactly where ``state`` (a ``last.pt``) stopped."""
+        ts = state["extra"]["train_state"]
+        self.model.load_state_dict(ts["model"])
+        self.optimizer.load_state_dict(ts["optimizer"])
+        self.ema.load_state_dict(ts["ema"])
+        self.step, self.epoch, self.best = ts["step"], ts["epoch"], ts["best"]
+        if "torch_rng" in ts:  # dropout etc.: continue the random stream exactly where it stopped
+            torch.set_rng_state(ts["torch_rng"])
+
+    def save(self, path: Path) -> None:
+        if self.rank != 0:
+            return
+        task = self.task
+        # Entries a task fits at validation (a potential's training domain) join the config.
+        fitted = task.fitted_config() if hasattr(task, "fitted_config") else {}
+        save_checkpoint(
+            path,
+            arch=task.arch,
+            task=task.name,
+            config={**self.model_config, **fitted},
+            state_dict=self.ema.shadow,
+            metrics={"headline": task.headline, **self.metrics},
+            extra={
+                "train_state": {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "ema": self.ema.state_dict(),
+                    "step": self.step,
+                    "epoch": self.epoch,
+                    "best": self.best,
+                    "experiment": self.cfg.model_dump(),
+                    "torch_rng": torch.get_rng_state(),
+                }
+            },
+        )
+
+    def validate(self, val_set: Dataset, best_path: Path, log: RunLog | None) -> None:
+        """Score the EMA weights; a new best headline score writes ``best_path``."""
+        task = self.task
+        self.metrics = _evaluate(task, self.model, self.ema, val_set, self.rank)
+        self.metrics["epoch"], self.metrics["step"] = self.epoch, self.step
+        if log is not None:
+            log.validation(self.step, self.epoch, self.metrics)
+        score = float(self.metrics.get(task.headline, -math.inf))
+        if getattr(task, "lower_is_better", False):
+            score = -float(self.metrics.get(task.headline, math.inf))
+        if score > self.best:
+            self.best = score
+            self.save(best_path)
+        if self.rank == 0:
+            summary = ", ".join(f"{k}={v:.4g}" for k, v in self.metrics.items() if isinstance(v, float))
+            console.print(f"epoch {self.epoch} step {self.step}: {summary}")
+
+    def loader(self, train_set: Dataset) -> DataLoader:
+        """This epoch's batches, shuffled deterministically (a resumed run skips exactly those seen)."""
+        tc = self.cfg.train
+        if hasattr(self.task, "set_epoch"):  # augmentation streams restart per epoch (exact resume)
+            self.task.set_epoch(self.epoch)
+        if self.world > 1:
+            sampler = DistributedSampler(
+                train_set, num_replicas=self.world, rank=self.rank, seed=tc.seed + self.epoch
+            )
+        else:
+            sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(tc.seed + self.epoch))
+        # Its own generator: a DataLoader without one draws a worker seed from torch's global
+        # RNG each epoch, so a resumed run would shift the dropout stream by one draw.
+        return DataLoader(
+            train_set,
+            batch_size=tc.batch_size,
+            sampler=sampler,
+            num_workers=tc.num_workers,
+            generator=torch.Generator().manual_seed(tc.seed + 31 * self.epoch + 1),
+        )
+
+    def train_step(
+        self, batch: Any, generator: torch.Generator, total_steps: int
+    ) -> tuple[float, Any, dict, float]:
+        """One optimiser step on ``batch``: ``(lr, loss, loss parts, gradient norm)``."""
+        tc = self.cfg.train
+        lr = learning_rate(self.cfg, self.step, total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        # The task's randomness (diffusion times, noise, ...) is re-seeded from (seed, rank, step)
+        # at every step, so a resumed run draws exactly what an uninterrupted one would.
+        generator.manual_seed(tc.seed * 1_000_003 + 7_919 * self.step + self.rank)
+        with autocast_context(tc.precision, self.dev.type):
+            loss, parts = self.task.loss(self.ddp_model, batch, generator)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {self.step} (parts: {parts})")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip))
+        self.optimizer.step()
+        self.ema.update(self.model)
+        self.step += 1
+        return lr, loss, parts, gnorm
+
+
 def train(
     task: Task,
     cfg: ExperimentConfig,
@@ -131,111 +283,30 @@ def train(
             raise CheckpointError(
                 f"{last_path}: holds a {state['arch']!r} model, this config trains {task.arch!r}"
             )
-        model_config = state["config"]
-    elif tc.init_from is not None:
-        init_path = resolve_model(tc.init_from)
-        init = load_checkpoint(init_path)
-        # Same architecture: the checkpoint's config and all its weights. Another one: this
-        # config's model, one of whose parts (``warm_start_parts``) takes the checkpoint whole.
-        model_config = init["config"] if init["arch"] == task.arch else task.model_config(train_set)
-        if init["arch"] == task.arch and rank == 0:
-            unused = sorted(k for k, v in cfg.model.items() if k in init["config"] and init["config"][k] != v)
-            if unused:
-                console.print(
-                    f"[yellow]train.init_from: the model config comes from {init_path} (same "
-                    f"architecture); this config's model keys {unused} differ from it and are not used[/yellow]"
-                )
-    else:
-        model_config = task.model_config(train_set)
+    model_config, init = _start_config(task, cfg, train_set, state, rank)
     model = task.build_model(model_config).to(dev)
     if tc.compile:
         compile_model(model)
-    if state is None and tc.init_from is not None:
-        _warm_start(model, task.arch, init, f"{init_path} (train.init_from)")
-    # fused: one C++ kernel over all parameters on the CPU (~4% of an EQGAT step against the
-    # per-parameter loop); the same update and the same state_dict, so resumes are unaffected.
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=cfg.optim.lr,
-        weight_decay=cfg.optim.weight_decay,
-        amsgrad=cfg.optim.amsgrad,
-        fused=dev.type in ("cpu", "cuda") and all(p.is_floating_point() for p in model.parameters()),
-    )
-    ema = EMA(model, tc.ema_decay)
-    if state is None and tc.init_from is not None:
-        ema.step = 10**6  # already-trained weights: average at the full decay from the first step
+    if init is not None:
+        _warm_start(model, task.arch, init[1], f"{init[0]} (train.init_from)")
+    run = _Run(task, cfg, dev, model_config, model)
+    if init is not None:
+        run.ema.step = 10**6  # already-trained weights: average at the full decay from the first step
         if rank == 0:
-            console.print(f"warm start from {init_path}")
-    step, epoch, best = 0, 0, -math.inf
+            console.print(f"warm start from {init[0]}")
     if state is not None:
-        ts = state["extra"]["train_state"]
-        model.load_state_dict(ts["model"])
-        optimizer.load_state_dict(ts["optimizer"])
-        ema.load_state_dict(ts["ema"])
-        step, epoch, best = ts["step"], ts["epoch"], ts["best"]
-        if "torch_rng" in ts:  # dropout etc.: continue the random stream exactly where it stopped
-            torch.set_rng_state(ts["torch_rng"])
+        run.restore(state)
         if rank == 0:
             console.print(
-                f"resumed from {last_path}: epoch {epoch}, step {step}, best {task.headline}={best:.4g}"
+                f"resumed from {last_path}: epoch {run.epoch}, step {run.step}, "
+                f"best {task.headline}={run.best:.4g}"
             )
-    ddp_model = model
-    if world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None
-        )
 
-    def save(path: Path, metrics: dict[str, Any]) -> None:
-        if rank != 0:
-            return
-        # Entries a task fits at validation (a potential's training domain) join the config.
-        fitted = task.fitted_config() if hasattr(task, "fitted_config") else {}
-        save_checkpoint(
-            path,
-            arch=task.arch,
-            task=task.name,
-            config={**model_config, **fitted},
-            state_dict=ema.shadow,
-            metrics={"headline": task.headline, **metrics},
-            extra={
-                "train_state": {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "ema": ema.state_dict(),
-                    "step": step,
-                    "epoch": epoch,
-                    "best": best,
-                    "experiment": cfg.model_dump(),
-                    "torch_rng": torch.get_rng_state(),
-                }
-            },
-        )
-
-    # The task's randomness (diffusion times, noise, ...) is re-seeded from (seed, rank, step)
-    # at every step, so a resumed run draws exactly what an uninterrupted one would.
     generator = torch.Generator(device="cpu")
-    log = RunLog(out, resume_step=step) if rank == 0 else None
+    log = RunLog(out, resume_step=run.step) if rank == 0 else None
     start = time.monotonic()
     steps_per_epoch = math.ceil(len(train_set) / (tc.batch_size * world))
     stopped_early = False
-    metrics: dict[str, Any] = {}
-
-    def validate() -> None:
-        nonlocal metrics, best
-        metrics = _evaluate(task, model, ema, val_set, rank)
-        metrics["epoch"], metrics["step"] = epoch, step
-        if log is not None:
-            log.validation(step, epoch, metrics)
-        score = float(metrics.get(task.headline, -math.inf))
-        if getattr(task, "lower_is_better", False):
-            score = -float(metrics.get(task.headline, math.inf))
-        if score > best:
-            best = score
-            save(best_path, metrics)
-        if rank == 0:
-            summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-            console.print(f"epoch {epoch} step {step}: {summary}")
-
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -246,47 +317,17 @@ def train(
         console=console,
         disable=rank != 0,
     ) as progress:
-        bar = progress.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=steps_per_epoch, info="")
-        while epoch < tc.epochs and not stopped_early:
-            if hasattr(task, "set_epoch"):  # augmentation streams restart per epoch (exact resume)
-                task.set_epoch(epoch)
-            # Deterministic shuffle per epoch, so a resumed run skips exactly the batches already seen.
-            sampler_gen = torch.Generator().manual_seed(tc.seed + epoch)
-            if world > 1:
-                sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, seed=tc.seed + epoch)
-            else:
-                sampler = RandomSampler(train_set, generator=sampler_gen)
-            # Its own generator: a DataLoader without one draws a worker seed from torch's global
-            # RNG each epoch, so a resumed run would shift the dropout stream by one draw.
-            loader = DataLoader(
-                train_set,
-                batch_size=tc.batch_size,
-                sampler=sampler,
-                num_workers=tc.num_workers,
-                generator=torch.Generator().manual_seed(tc.seed + 31 * epoch + 1),
-            )
-            done_in_epoch = step - epoch * steps_per_epoch
-            progress.update(bar, completed=done_in_epoch, description=f"epoch {epoch + 1}/{tc.epochs}")
-            ddp_model.train()
+        bar = progress.add_task(f"epoch {run.epoch + 1}/{tc.epochs}", total=steps_per_epoch, info="")
+        while run.epoch < tc.epochs and not stopped_early:
+            loader = run.loader(train_set)
+            done_in_epoch = run.step - run.epoch * steps_per_epoch
+            progress.update(bar, completed=done_in_epoch, description=f"epoch {run.epoch + 1}/{tc.epochs}")
+            run.ddp_model.train()
             for k, batch in enumerate(loader):
                 if k < done_in_epoch:
                     continue
-                batch = batch.to(dev)
-                lr = learning_rate(cfg, step, tc.epochs * steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                generator.manual_seed(tc.seed * 1_000_003 + 7_919 * step + rank)
-                with autocast_context(tc.precision, dev.type):
-                    loss, parts = task.loss(ddp_model, batch, generator)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss at step {step} (parts: {parts})")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                gnorm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
-                optimizer.step()
-                ema.update(model)
-                step += 1
-                if step % tc.log_every_steps == 0:
+                lr, loss, parts, gnorm = run.train_step(batch.to(dev), generator, tc.epochs * steps_per_epoch)
+                if run.step % tc.log_every_steps == 0:
                     info = f"loss {float(loss.detach()):.3f} " + " ".join(
                         f"{k}={v:.3f}" for k, v in parts.items()
                     )
@@ -294,31 +335,33 @@ def train(
                     if log is not None:
                         values = {"lr": lr, "loss": float(loss.detach()), **parts}
                         log.step(
-                            step, epoch, {**values, "grad_norm": gnorm, "seconds": time.monotonic() - start}
+                            run.step,
+                            run.epoch,
+                            {**values, "grad_norm": gnorm, "seconds": time.monotonic() - start},
                         )
                     if rank == 0 and not console.is_terminal:  # logs to a file get plain lines
-                        console.print(f"epoch {epoch + 1} step {step}: {info} |g|={gnorm:.2f}")
+                        console.print(f"epoch {run.epoch + 1} step {run.step}: {info} |g|={gnorm:.2f}")
                 progress.advance(bar)
-                if step % tc.checkpoint_every_steps == 0:
-                    save(last_path, metrics)
+                if run.step % tc.checkpoint_every_steps == 0:
+                    run.save(last_path)
                 out_of_time = max_minutes is not None and time.monotonic() - start > 60 * max_minutes
-                if (tc.max_steps is not None and step >= tc.max_steps) or out_of_time:
+                if (tc.max_steps is not None and run.step >= tc.max_steps) or out_of_time:
                     stopped_early = True
                     break
             if not stopped_early:
-                epoch += 1
-                if epoch % tc.eval_every_epochs == 0 or epoch == tc.epochs:
-                    validate()
-                save(last_path, metrics)
-            elif tc.eval_on_stop and step > int(metrics.get("step", -1)):
-                save(last_path, metrics)  # the resume point does not depend on the validation below
-                validate()
-    save(last_path, metrics)
+                run.epoch += 1
+                if run.epoch % tc.eval_every_epochs == 0 or run.epoch == tc.epochs:
+                    run.validate(val_set, best_path, log)
+                run.save(last_path)
+            elif tc.eval_on_stop and run.step > int(run.metrics.get("step", -1)):
+                run.save(last_path)  # the resume point does not depend on the validation below
+                run.validate(val_set, best_path, log)
+    run.save(last_path)
     if log is not None:
         log.close()
     if rank == 0:
         why = "stopped (time/step limit)" if stopped_early else "finished"
-        console.print(f"{why} at epoch {epoch}, step {step}; checkpoints in {out}")
+        console.print(f"{why} at epoch {run.epoch}, step {run.step}; checkpoints in {out}")
     return best_path if best_path.is_file() else last_path
 
 

@@ -36,12 +36,11 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from geo3d.checkpoint import CheckpointError
 from geo3d.data.atomistic import atoms_to_data
 from geo3d.graph.edges import edge_vectors
 from geo3d.graph.neighbor_list import NeighborList
 from geo3d.models.potential_domain import THRESHOLD, ExtrapolationError, describe_atom
-from geo3d.registry import load_model
+from geo3d.registry import load_model, require_kind
 from geo3d.runtime import resolve_device, retain_freed_memory
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -73,7 +72,7 @@ class Geo3DCalculator(Calculator):
             the training set, the default 2.0 is measured to keep in-domain cases quiet.
 
     Raises:
-        CheckpointError: the checkpoint is not a geo3d potential.
+        CheckpointError: the checkpoint is not an interatomic potential.
         ValueError: an unknown dtype, a device that is not there, a negative skin; at
             calculation time, atoms closer than ``MIN_DISTANCE``, a singular periodic cell.
     """
@@ -110,11 +109,7 @@ class Geo3DCalculator(Calculator):
         self.dtype = DTYPES[default_dtype]
         self.device = resolve_device(device, "Geo3DCalculator")
         net = load_model(model, device=self.device, dtype=self.dtype)
-        arch = net.geo3d_checkpoint.get("arch")
-        if arch != "potential":
-            raise CheckpointError(
-                f"{net.geo3d_checkpoint.get('path', model)}: holds a {arch!r} model, not a geo3d potential"
-            )
+        require_kind(net, "interatomic-potential")
         self.net = net.compile_energy() if compile else net
         self.model_name = str(net.geo3d_checkpoint.get("path", model))
         self.r_max = net.r_max

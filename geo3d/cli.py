@@ -362,15 +362,19 @@ def detect(
     from geo3d.apps.detect import detect as run_detector
     from geo3d.checkpoint import CheckpointError
     from geo3d.data.scan_files import ScanFileError, read_point_cloud
-    from geo3d.registry import load_model
+    from geo3d.registry import load_model, require_kind
 
     try:
         net = load_model(model, device=device)
     except (FileNotFoundError, CheckpointError) as exc:
         _fail(str(exc))
     config = net.geo3d_checkpoint["config"]
-    if not hasattr(net, "decode") or "num_points" not in config:
-        _fail(f"{model}: holds a {net.geo3d_checkpoint.get('arch')!r} model, not a scene detector")
+    try:
+        require_kind(net, "detector")
+    except CheckpointError as exc:
+        _fail(str(exc))
+    if "num_points" not in config:
+        _fail(f"{model}: its config has no num_points (the scan size it was trained on)")
     try:
         points = read_point_cloud(scan)
     except ScanFileError as exc:
@@ -456,7 +460,7 @@ def generate(
     from geo3d.checkpoint import CheckpointError
     from geo3d.metrics.library_logs import captured_library_logs
     from geo3d.metrics.tables import format_metrics_columns, format_metrics_table
-    from geo3d.registry import load_model
+    from geo3d.registry import load_model, require_kind
 
     if sampler not in ("ancestral", "fast"):
         _fail(f"--sampler must be 'ancestral' or 'fast', got {sampler!r}")
@@ -464,8 +468,10 @@ def generate(
         net = load_model(model, device=device)
     except (FileNotFoundError, CheckpointError) as exc:
         _fail(str(exc))
-    if not hasattr(net, "sample"):
-        _fail(f"{model}: a {net.geo3d_checkpoint['task']} model, not a molecule generator")
+    try:
+        require_kind(net, "molecule-generator")
+    except CheckpointError as exc:
+        _fail(str(exc))
     # RDKit's "Explicit valence ..." lines (one per invalid molecule, while building, writing and
     # scoring) are counted into the table instead of burying it.
     with captured_library_logs() as log_lines:

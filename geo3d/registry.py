@@ -44,6 +44,51 @@ ARCHITECTURES: dict[str, str | Builder] = {
 }
 
 
+# What kind of model each architecture is: the one answer the front doors, tasks and the calculator
+# ask ("can this checkpoint generate molecules / detect / ...?").
+KINDS: dict[str, str] = {
+    "eqgat_diff": "molecule-generator",
+    "potential": "interatomic-potential",
+    "tinvnn": "shape-classifier",
+    "dgcnn": "shape-classifier",
+    "tinvnn_dgcnn": "shape-classifier",
+    "vn_dgcnn": "shape-classifier",
+    "parot": "shape-classifier",
+    "tinvnn_seg": "shape-segmenter",
+    "parot_seg": "shape-segmenter",
+    "apen_seg": "shape-segmenter",
+    "apen": "scene-segmenter",
+    "votenet": "detector",
+    "vn_detector": "detector",
+    "apen_detector": "detector",
+}
+assert set(KINDS) == set(ARCHITECTURES), "every architecture has a kind"
+
+
+def architectures_of(kind: str) -> tuple[str, ...]:
+    """The registered architectures of one kind (:data:`KINDS`), in table order."""
+    return tuple(a for a, k in KINDS.items() if k == kind)
+
+
+def require_kind(model: nn.Module, *kinds: str) -> str:
+    """The architecture of a model from :func:`load_model`, if it is of one of ``kinds``.
+
+    Raises:
+        CheckpointError: naming the checkpoint, what it holds and what was wanted.
+    """
+    info = getattr(model, "geo3d_checkpoint", {})
+    arch = info.get("arch")
+    if KINDS.get(arch) not in kinds:
+        holds = f"{_a(KINDS[arch])} ({arch!r})" if arch in KINDS else f"an unknown architecture {arch!r}"
+        wanted = " or ".join(_a(k) for k in kinds)
+        raise CheckpointError(f"{info.get('path', 'model')}: holds {holds}, not {wanted}")
+    return arch
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
 def architecture(arch: str) -> Builder:
     """The builder of a registered architecture (imports its module on first use).
 

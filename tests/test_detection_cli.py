@@ -134,7 +134,7 @@ def test_detect_names_a_malformed_file(checkpoint, tmp_path):
     assert "broken.ply" in result.output and "'y'" in result.output
     assert not (tmp_path / "b.json").exists()
     wrong = runner.invoke(app, ["detect", str(bad), "--model", "eqgat-qm9"])
-    assert wrong.exit_code == 1 and "not a scene detector" in wrong.output
+    assert wrong.exit_code == 1 and "not a detector" in wrong.output
 
 
 def test_fit_points_subsamples_and_pads():

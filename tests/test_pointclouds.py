@@ -127,7 +127,7 @@ def test_train_and_evaluate_protocol(tmp_path):
     assert set(metrics) == {"z/z", "z/so3"}
     assert 0.0 <= metrics["z/so3"]["accuracy"] <= 1.0
     bad = CliRunner().invoke(app, ["evaluate", "--model", "eqgat-qm9"])
-    assert bad.exit_code == 1 and "not a point-cloud classifier" in bad.output
+    assert bad.exit_code == 1 and "not a shape-classifier" in bad.output
 
 
 def test_segmentation_train_evaluate_and_miou_convention(tmp_path):

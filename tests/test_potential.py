@@ -160,7 +160,7 @@ def test_clear_errors(checkpoint):
     flat.calc = calc_of(checkpoint)
     with pytest.raises(ValueError, match="cell is singular"):
         flat.get_potential_energy()
-    with pytest.raises(CheckpointError, match="not a geo3d potential"):
+    with pytest.raises(CheckpointError, match="not an interatomic-potential"):
         Geo3DCalculator(model="eqgat-qm9")
 
 

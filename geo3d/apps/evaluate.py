@@ -6,10 +6,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from geo3d.checkpoint import CheckpointError
 from geo3d.data.articulated import Articulated
 from geo3d.data.shapes import Shapes
 from geo3d.data.transforms import RandomRotate
-from geo3d.train.pointcloud_task import ARCHS, SEG_ARCHS, classification_metrics, segmentation_metrics
+from geo3d.registry import KINDS, require_kind
+from geo3d.train.pointcloud_task import classification_metrics, segmentation_metrics
 
 
 def evaluate_on_shapes(
@@ -25,10 +27,11 @@ def evaluate_on_shapes(
         ValueError: not a Shapes classifier or segmenter, or an unknown rotation.
     """
     config = net.geo3d_checkpoint["config"]
-    arch = net.geo3d_checkpoint.get("arch")
-    if arch not in (*ARCHS, *SEG_ARCHS):
-        raise ValueError(f"holds a {arch!r} model, not a point-cloud classifier, segmenter or scene model")
-    metric_fn = segmentation_metrics if arch in SEG_ARCHS else classification_metrics
+    try:
+        arch = require_kind(net, "shape-classifier", "shape-segmenter")
+    except CheckpointError as exc:
+        raise ValueError(f"{exc} (scene models are scored on Rooms)") from exc
+    metric_fn = segmentation_metrics if KINDS[arch] == "shape-segmenter" else classification_metrics
     train_rot = config.get("train_rotation", "?")
     # the Shapes variant it was trained on (recorded in the model config; older checkpoints: the
     # run's data config if they still carry it, else standard)
@@ -40,7 +43,7 @@ def evaluate_on_shapes(
         transform = RandomRotate(rot, torch.Generator().manual_seed(seed))
         test = Shapes("test", per_class, num_points, transform=transform, difficulty=difficulty)
         results[f"{train_rot}/{rot}"] = metric_fn(net, test)
-        if arch in SEG_ARCHS and articulated and difficulty == "standard":
+        if KINDS[arch] == "shape-segmenter" and articulated and difficulty == "standard":
             moved = Articulated("test", per_class, num_points, transform=transform)
             results[f"{train_rot}/{rot}+articulated"] = metric_fn(net, moved)
     return results, difficulty

@@ -12,10 +12,11 @@ from torch_geometric.loader import DataLoader
 
 from geo3d.data.shapes import CLASS_NAMES, NUM_PARTS, PARTS, Shapes
 from geo3d.data.transforms import Compose, RandomRotate, RandomScaleJitter
+from geo3d.registry import architectures_of
 from geo3d.train.config import ExperimentConfig
 
-ARCHS = ("tinvnn", "tinvnn_dgcnn", "dgcnn", "vn_dgcnn", "parot")
-SEG_ARCHS = ("tinvnn_seg", "parot_seg", "apen_seg")
+ARCHS = architectures_of("shape-classifier")
+SEG_ARCHS = architectures_of("shape-segmenter")
 
 
 def with_aux_loss(model: nn.Module, loss: torch.Tensor, parts: dict) -> tuple[torch.Tensor, dict]:

@@ -15,12 +15,12 @@ make it so:
   scan: a uniform random subsample, the density the training scenes had) or by
   repeating points in priority order (a smaller one).
 - APEN detectors draw their random initial parts from the same priorities
-  (``point_priority``, see :func:`geo3d.models.apen.random_fill`) rather than from
+  (``point_priority``, see :func:`geo3d.nn.partition.random_fill`) rather than from
   a random generator; their FPS steps start at the point farthest from the
   centroid. Everything after is a function of the points.
 
 Boxes then go through the model's per-class 3D NMS (IoU ``nms_iou``) and a
-class-agnostic duplicate suppression (:func:`~geo3d.metrics.detection.suppress_close_centres`:
+class-agnostic duplicate suppression (:func:`~geo3d.ops.boxes.suppress_close_centres`:
 no two boxes whose centres are within half the higher-scoring box's larger
 horizontal size), and are kept above ``score_threshold`` (the value calibrated on
 validation scenes and kept in the checkpoint's config, else 0.5). Coordinates are
@@ -145,7 +145,7 @@ def detect(
     Deterministic: the model's random draws come from ``torch.Generator().manual_seed(seed)``
     and, for APEN, from ``points.point_priority`` when present (:func:`fit_points` sets it).
     Boxes: per-class IoU NMS at ``nms_iou``, then (unless ``duplicate_fraction`` is None)
-    :func:`~geo3d.metrics.detection.suppress_close_centres` over all classes, then the score
+    :func:`~geo3d.ops.boxes.suppress_close_centres` over all classes, then the score
     threshold (None: :func:`calibrated_score_threshold`).
 
     Also ``point_class [N]``: the class of each point, from the model's

@@ -1,7 +1,7 @@
 """Marginals of a molecule set: the priors of EQGAT-diff's categorical diffusion and the training SMILES.
 
 (The distribution statistics the metrics compare generated molecules by, bond
-lengths and angles, are :class:`geo3d.metrics.molecules.MoleculeStatistics`.)
+lengths and angles, are :class:`geo3d.metrics.distributions.MoleculeStatistics`.)
 """
 
 from __future__ import annotations

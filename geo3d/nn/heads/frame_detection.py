@@ -254,7 +254,7 @@ def decode_frame_detections(
 def frame_heading_loss(outputs: dict[str, Tensor], gt_boxes: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     """Heading CE and smooth-L1 residual of the frame-relative heading over positive proposals.
 
-    As VoteNet's heading terms (:func:`~geo3d.nn.heads.detection.detection_loss`):
+    As VoteNet's heading terms (:func:`~geo3d.nn.heads.detection_loss.detection_loss`):
     each proposal takes the GT box nearest its aggregated vote, positive within
     ``NEAR_THRESHOLD``; the target is ``(yaw_gt - heading_frame) mod pi``, binned
     over a half turn.
@@ -312,7 +312,7 @@ def frame_detection_loss(
     mean_sizes: Tensor,
     seed_instance: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """VoteNet's loss (:func:`~geo3d.nn.heads.detection.detection_loss`) with the frame-relative heading terms.
+    """VoteNet's loss (:func:`~geo3d.nn.heads.detection_loss.detection_loss`) with the frame-relative heading terms.
 
     The world-frame heading terms of ``detection_loss`` are computed on constant
     zero logits (no gradient) and swapped for :func:`frame_heading_loss`, with

@@ -96,7 +96,9 @@ def test_train_on_hard_then_evaluate_rebuilds_the_hard_test_split(tmp_path, monk
         seen.append(kwargs.get("difficulty", "standard"))
         return Shapes(*args, **{**kwargs, "cache_dir": ""})
 
-    monkeypatch.setattr(shapes, "Shapes", recording_shapes)
+    from geo3d.apps import evaluate as evaluate_app  # `geo3d evaluate` builds its test split here
+
+    monkeypatch.setattr(evaluate_app, "Shapes", recording_shapes)
     result = CliRunner().invoke(app, ["evaluate", "--model", str(best), "--per-class", "1", "--json"])
     assert result.exit_code == 0, result.output
     assert seen == ["hard"]

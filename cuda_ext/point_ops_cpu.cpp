@@ -20,6 +20,7 @@
 #include <omp.h>
 #endif
 
+#include "float_dispatch.h"
 #include "point_ops_common.h"
 
 namespace geo3d {
@@ -182,8 +183,7 @@ at::Tensor knn_impl(const at::Tensor& pos, const at::Tensor& ptr, int64_t k, boo
 at::Tensor knn_graph_cpu(const at::Tensor& pos_, const at::Tensor& ptr, int64_t k, bool loop) {
   check_knn_args(pos_, ptr, k);
   const auto pos = pos_.contiguous();
-  if (pos.scalar_type() == at::kDouble) return knn_impl<double>(pos, ptr, k, loop);
-  return knn_impl<float>(pos, ptr, k, loop);
+  return dispatch_float(pos.scalar_type(), [&](auto tag) { return knn_impl<decltype(tag)>(pos, ptr, k, loop); });
 }
 
 template <typename T>
@@ -232,7 +232,7 @@ at::Tensor fps_cpu(const at::Tensor& pos_, const at::Tensor& ptr, const at::Tens
   auto out = at::empty({offset[B]}, pos.options().dtype(at::kLong));
   int64_t* po = out.data_ptr<int64_t>();
   const bool many = B > 1;
-  auto run = [&](auto tag) {
+  dispatch_float(pos.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     const T* p = pos.data_ptr<T>();
 #pragma omp parallel for schedule(dynamic, 1) if (many)
@@ -241,11 +241,7 @@ at::Tensor fps_cpu(const at::Tensor& pos_, const at::Tensor& ptr, const at::Tens
       if (pc[b] == 0) continue;
       fps_graph(p + 3 * pp[b], n, pc[b], ps[b], pp[b], po + offset[b], !many && n > kParallelFpsAbove);
     }
-  };
-  if (pos.scalar_type() == at::kDouble)
-    run(double{});
-  else
-    run(float{});
+  });
   return out;
 }
 

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cuda_binding.h"
+#include "float_dispatch.h"
 #include "point_ops_common.h"
 #include "point_ops_cuda.h"
 
@@ -51,15 +52,11 @@ at::Tensor knn_graph_cuda(const at::Tensor& pos_in, const at::Tensor& ptr, int64
   double* sp = scratch.defined() ? scratch.data_ptr<double>() : nullptr;
   int64_t* src = out.data_ptr<int64_t>();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  auto run = [&](auto tag) {
+  dispatch_float(pos.scalar_type(), [&](auto tag) {
     using real = decltype(tag);
     C10_CUDA_CHECK(cuda::launch_knn<real>(pos.data_ptr<real>(), blocks, num_blocks, plan.threads, plan.max_degree,
                                           loop, src, src + E, sp, stream));
-  };
-  if (pos.scalar_type() == at::kDouble)
-    run(double{});
-  else
-    run(float{});
+  });
   return out;
 }
 
@@ -82,15 +79,11 @@ at::Tensor fps_cuda(const at::Tensor& pos_in, const at::Tensor& ptr, const at::T
   const int64_t num_graphs = static_cast<int64_t>(graphs.size());
   const at::Tensor scratch = at::empty({pos.size(0)}, pos.options().dtype(at::kDouble));  // large graphs
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  auto run = [&](auto tag) {
+  dispatch_float(pos.scalar_type(), [&](auto tag) {
     using real = decltype(tag);
     C10_CUDA_CHECK(cuda::launch_fps<real>(pos.data_ptr<real>(), g, num_graphs, max_points, out.data_ptr<int64_t>(),
                                           scratch.data_ptr<double>(), stream));
-  };
-  if (pos.scalar_type() == at::kDouble)
-    run(double{});
-  else
-    run(float{});
+  });
   return out;
 }
 

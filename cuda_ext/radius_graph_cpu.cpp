@@ -27,6 +27,7 @@
 #include <omp.h>
 #endif
 
+#include "float_dispatch.h"
 #include "geo3d/radius_graph_core.h"
 #include "host_output.h"
 #include "radius_graph_common.h"
@@ -76,10 +77,8 @@ SortedPoints<real> prepare_sorted(const real* p, int64_t N, const at::Tensor& pt
   int64_t total_bins = 0;
   for (int64_t g = 0; g < B; ++g) {
     GraphPlan& plan = out.plans[g];
-    for (int k = 0; k < 9; ++k) plan.H[k] = c[9 * g + k];
-    for (int k = 0; k < 3; ++k) plan.pbc[k] = pb[3 * g + k] ? 1 : 0;
+    set_cell_frame(plan, c, pb, g);
     out.any_pbc = out.any_pbc || plan.pbc[0] || plan.pbc[1] || plan.pbc[2];
-    TORCH_CHECK(inv3(plan.H, plan.Hinv), "geo3d::radius_graph: cell of graph ", g, " is singular");
     const int64_t begin = out.ptr[g], end = out.ptr[g + 1];
     const int nt = (end - begin) < kParallelPrepAbove ? 1 : threads;
     double lo[3], hi[3];
@@ -483,12 +482,9 @@ std::tuple<at::Tensor, at::Tensor> radius_graph_cpu(const at::Tensor& pos, const
                                                     const at::Tensor& cell, const at::Tensor& pbc,
                                                     double cutoff, bool loop, int64_t bins_per_cutoff) {
   check_radius_graph_inputs(pos, ptr, cell, pbc, cutoff, bins_per_cutoff);
-  TORCH_CHECK(pos.size(0) < std::numeric_limits<int32_t>::max(), "geo3d::radius_graph: more than 2^31 points");
-  if (pos.scalar_type() == at::kDouble)
-    return radius_graph_cpu_impl<double>(pos, ptr, cell, pbc, cutoff, loop, bins_per_cutoff);
-  TORCH_CHECK(pos.scalar_type() == at::kFloat, "geo3d::radius_graph: pos must be float32 or float64, got ",
-              pos.scalar_type());
-  return radius_graph_cpu_impl<float>(pos, ptr, cell, pbc, cutoff, loop, bins_per_cutoff);
+  return dispatch_float(pos.scalar_type(), [&](auto tag) {
+    return radius_graph_cpu_impl<decltype(tag)>(pos, ptr, cell, pbc, cutoff, loop, bins_per_cutoff);
+  });
 }
 
 }  // namespace

@@ -9,10 +9,10 @@
 
 #include <algorithm>
 #include <cstring>
-#include <limits>
 #include <vector>
 
 #include "cuda_binding.h"
+#include "float_dispatch.h"
 #include "radius_graph_common.h"
 #include "radius_graph_cuda.h"
 
@@ -45,11 +45,7 @@ std::tuple<at::Tensor, at::Tensor> radius_graph_cuda_impl(const at::Tensor& pos_
   std::vector<GraphPlan> plans(B);
   const double* c = cell.data_ptr<double>();
   const bool* pb = pbc.data_ptr<bool>();
-  for (int64_t g = 0; g < B; ++g) {
-    for (int k = 0; k < 9; ++k) plans[g].H[k] = c[9 * g + k];
-    for (int k = 0; k < 3; ++k) plans[g].pbc[k] = pb[3 * g + k] ? 1 : 0;
-    TORCH_CHECK(inv3(plans[g].H, plans[g].Hinv), "geo3d::radius_graph: cell of graph ", g, " is singular");
-  }
+  for (int64_t g = 0; g < B; ++g) set_cell_frame(plans[g], c, pb, g);
   const at::Tensor ptr_d = ptr.to(device);
   at::Tensor plans_d = plans_to_device(plans, device);
   const at::Tensor graph = at::empty({N}, i32), frac = at::empty({N, 3}, f64);
@@ -114,13 +110,10 @@ std::tuple<at::Tensor, at::Tensor> radius_graph_cuda(const at::Tensor& pos, cons
                                                      bool loop, int64_t bins_per_cutoff) {
   check_radius_graph_inputs(pos, ptr, cell, pbc, cutoff, bins_per_cutoff);
   TORCH_CHECK(on_kernel_device(pos), "geo3d::radius_graph (CUDA): pos must be a CUDA tensor");
-  TORCH_CHECK(pos.size(0) < std::numeric_limits<int32_t>::max(), "geo3d::radius_graph: more than 2^31 points");
   const c10::cuda::CUDAGuard guard(pos.device());  // allocations, stream and launches on pos's device
-  if (pos.scalar_type() == at::kDouble)
-    return radius_graph_cuda_impl<double>(pos, ptr, cell, pbc, cutoff, loop, bins_per_cutoff);
-  TORCH_CHECK(pos.scalar_type() == at::kFloat, "geo3d::radius_graph: pos must be float32 or float64, got ",
-              pos.scalar_type());
-  return radius_graph_cuda_impl<float>(pos, ptr, cell, pbc, cutoff, loop, bins_per_cutoff);
+  return dispatch_float(pos.scalar_type(), [&](auto tag) {
+    return radius_graph_cuda_impl<decltype(tag)>(pos, ptr, cell, pbc, cutoff, loop, bins_per_cutoff);
+  });
 }
 
 }  // namespace

@@ -1,11 +1,16 @@
-// Plan-table checks and conversion shared by the CPU and CUDA bindings of the tensor-product
-// ops (tensor_product_cpu.cpp, tensor_product_cuda.cpp): one place that turns the tables of
-// geo3d/o3/tp_plan.py into a host tp::Plan.
+// Argument checks of the tensor-product ops, one list for the CPU and the CUDA binding
+// (tensor_product_cpu.cpp, tensor_product_cuda.cpp), and the one place that turns the plan
+// tables of geo3d/o3/tp_plan.py into a host tp::Plan.
+//
+// The two bindings differ only in where they want the tensors (`Placement`): the CPU binding
+// every tensor on the CPU, the CUDA binding every one on the device of the op's first input
+// (which it checks itself, with the CUDA device guard, before these run).
 #pragma once
 #include <torch/extension.h>
 
 #include <algorithm>
 #include <limits>
+#include <optional>
 
 #include "geo3d/tensor_product_core.h"
 
@@ -14,16 +19,105 @@ namespace tp_tables {
 
 constexpr int64_t kIntMax = std::numeric_limits<int>::max();
 
-// A plan table: dims and dtype; on the CPU or on a CUDA device (copied to the host).
-inline void check_table(const at::Tensor& t, const char* op, const char* name, int64_t dim, at::ScalarType dtype) {
+// std::nullopt: the CPU binding (tensors on the CPU); a device: the CUDA binding (tensors there).
+using Placement = std::optional<at::Device>;
+
+inline void check_dims_dtype(const at::Tensor& t, const char* op, const char* name, int64_t dim,
+                             at::ScalarType dtype) {
   TORCH_CHECK(t.dim() == dim, op, ": '", name, "' must have ", dim, " dimensions, got shape ", t.sizes());
   TORCH_CHECK(t.scalar_type() == dtype, op, ": '", name, "' must be ", dtype, ", got ", t.scalar_type());
+}
+
+inline void check_placement(const at::Tensor& t, const char* op, const char* name, const Placement& device) {
+  if (!device) {
+    TORCH_CHECK(t.device().is_cpu(), op, ": '", name, "' must be on the CPU, got ", t.device());
+  } else {
+    TORCH_CHECK(t.device() == *device, op, ": '", name, "' must be on ", *device, " like the features, got ",
+                t.device());
+  }
+}
+
+// A feature tensor (or edge_index): dims, dtype, placement.
+inline void check_tensor(const at::Tensor& t, const char* op, const char* name, int64_t dim, at::ScalarType dtype,
+                         const Placement& device) {
+  check_dims_dtype(t, op, name, dim, dtype);
+  check_placement(t, op, name, device);
+}
+
+// A plan table: dims and dtype; on the CPU or on a CUDA device (copied to the host).
+inline void check_table(const at::Tensor& t, const char* op, const char* name, int64_t dim, at::ScalarType dtype) {
+  check_dims_dtype(t, op, name, dim, dtype);
   TORCH_CHECK(t.is_cpu() || t.is_cuda(), op, ": '", name, "' must be a CPU or CUDA tensor, got ", t.device());
 }
 
 inline void check_size(const at::Tensor& t, const char* op, const char* name, int64_t d, int64_t expected) {
   TORCH_CHECK(t.size(d) == expected, op, ": '", name, "' has size ", t.size(d), " in dimension ", d,
               ", expected ", expected, " (shape ", t.sizes(), ")");
+}
+
+inline void check_float_inputs(const char* op, const at::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+              ": float32 or float64 inputs, got ", x.scalar_type());
+}
+
+// tp_forward (grad == nullptr) and tp_backward: x1 [Z, dim1], x2 [Z, dim2] and grad [Z, dim_out],
+// all of x1's float dtype.
+inline void check_tp_inputs(const char* op, const at::Tensor& x1, const at::Tensor& x2, const at::Tensor* grad,
+                            const Placement& device) {
+  check_float_inputs(op, x1);
+  const auto dtype = x1.scalar_type();
+  check_tensor(x1, op, "x1", 2, dtype, device);
+  check_tensor(x2, op, "x2", 2, dtype, device);
+  if (grad != nullptr) check_tensor(*grad, op, "grad", 2, dtype, device);
+  check_size(x2, op, "x2", 0, x1.size(0));
+  if (grad != nullptr) check_size(*grad, op, "grad", 0, x1.size(0));
+}
+
+// edge_index [2, E] int64 with every node in [0, num_nodes) (one host sync for the range).
+inline void check_edge_index(const char* op, const at::Tensor& edge_index, int64_t num_nodes, int64_t num_edges,
+                             const Placement& device) {
+  check_tensor(edge_index, op, "edge_index", 2, at::kLong, device);
+  check_size(edge_index, op, "edge_index", 0, 2);
+  check_size(edge_index, op, "edge_index", 1, num_edges);
+  if (num_edges == 0) return;
+  const auto [lo, hi] = at::aminmax(edge_index);
+  const int64_t l = lo.item<int64_t>(), h = hi.item<int64_t>();
+  TORCH_CHECK(l >= 0 && h < num_nodes, op, ": 'edge_index' holds node ", l < 0 ? l : h, ", outside [0, ",
+              num_nodes, ")");
+}
+
+// tp_conv_forward (grad == nullptr) and tp_conv_backward: x [N, dim1], sh [E, dim2], grad
+// [N, dim_out] of x's float dtype, edge_index [2, E] into the N nodes.
+inline void check_conv_inputs(const char* op, const at::Tensor& x, const at::Tensor& sh, const at::Tensor& edge_index,
+                              const at::Tensor* grad, const Placement& device) {
+  check_float_inputs(op, x);
+  const auto dtype = x.scalar_type();
+  check_tensor(x, op, "x", 2, dtype, device);
+  check_tensor(sh, op, "sh", 2, dtype, device);
+  if (grad != nullptr) {
+    check_tensor(*grad, op, "grad", 2, dtype, device);
+    check_size(*grad, op, "grad", 0, x.size(0));
+  }
+  check_edge_index(op, edge_index, x.size(0), sh.size(0), device);
+}
+
+struct Weights {
+  bool shared;
+  int64_t stride;  // elements between rows (0 when shared)
+};
+
+// w: [weight_numel] (shared) or [rows, weight_numel] (one row per batch row / edge), of the
+// features' dtype, at least the plan's weight_numel per row.
+inline Weights check_weights(const char* op, const at::Tensor& w, int64_t rows, int64_t weight_numel,
+                             at::ScalarType dtype, const Placement& device, const char* rows_name) {
+  TORCH_CHECK(w.dim() == 1 || w.dim() == 2, op, ": 'w' must be [weight_numel] (shared) or [", rows_name,
+              ", weight_numel], got shape ", w.sizes());
+  TORCH_CHECK(w.scalar_type() == dtype, op, ": 'w' must be ", dtype, " like the features, got ", w.scalar_type());
+  check_placement(w, op, "w", device);
+  TORCH_CHECK(w.size(-1) >= weight_numel, op, ": 'w' has ", w.size(-1), " weights per row, the plan needs ",
+              weight_numel);
+  if (w.dim() == 2) check_size(w, op, "w", 0, rows);
+  return {w.dim() == 1, w.dim() == 1 ? 0 : w.size(1)};
 }
 
 // The tables of geo3d/o3/tp_plan.py -> a host tp::Plan, checked: sizes that fit an int,

@@ -26,6 +26,7 @@
 // Fused multiply-adds for the tensor-product loops (the build turns contraction off for
 // the radius graph, whose exactness across CPU and CUDA depends on it; nothing here does).
 #pragma GCC optimize("fp-contract=fast")
+#include "float_dispatch.h"
 #include "geo3d/tensor_product_core.h"
 #include "tensor_product_common.h"
 
@@ -40,14 +41,11 @@ using tp::Scratch;
 // depends on the thread count.
 constexpr int64_t kWeightBlocks = 16;
 
-void check_tensor(const at::Tensor& t, const char* op, const char* name, int64_t dim, at::ScalarType dtype) {
-  TORCH_CHECK(t.dim() == dim, op, ": '", name, "' must have ", dim, " dimensions, got shape ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == dtype, op, ": '", name, "' must be ", dtype, ", got ", t.scalar_type());
-  TORCH_CHECK(t.device().is_cpu(), op, ": '", name, "' must be on the CPU, got ", t.device());
-}
-
-using tp_tables::check_size;
+// Every tensor of the CPU binding on the CPU (see tensor_product_common.h).
+const tp_tables::Placement kOnCpu = std::nullopt;
+using tp_tables::check_weights;
 using tp_tables::make_plan;
+using tp_tables::Weights;
 
 // The plan with each uvu path of l1, l3 <= 3 on its compile-time unrolled kernel; the
 // environment variable GEO3D_TP_GENERIC=1 keeps every path on the generic loops (the
@@ -87,31 +85,6 @@ at::Tensor transpose_rows(const at::Tensor& x, const std::vector<Block>& blocks)
   return out;
 }
 
-// Calls f(float{}) or f(double{}); a function, not AT_DISPATCH (OpenMP pragmas cannot sit in macro arguments).
-template <typename F>
-void dispatch_float(at::ScalarType dtype, F&& f) {
-  if (dtype == at::kDouble)
-    f(double{});
-  else
-    f(float{});
-}
-
-struct Weights {
-  bool shared;
-  int64_t stride;  // elements between rows (0 when shared)
-};
-
-Weights check_weights(const char* op, const at::Tensor& w, int64_t rows, int64_t weight_numel,
-                      at::ScalarType dtype, const char* rows_name) {
-  TORCH_CHECK(w.dim() == 1 || w.dim() == 2, op, ": 'w' must be [weight_numel] (shared) or [", rows_name,
-              ", weight_numel], got shape ", w.sizes());
-  TORCH_CHECK(w.scalar_type() == dtype, op, ": 'w' must be ", dtype, " like the features, got ", w.scalar_type());
-  TORCH_CHECK(w.size(-1) >= weight_numel, op, ": 'w' has ", w.size(-1), " weights per row, the plan needs ",
-              weight_numel);
-  if (w.dim() == 2) check_size(w, op, "w", 0, rows);
-  return {w.dim() == 1, w.dim() == 1 ? 0 : w.size(1)};
-}
-
 // Counting sort of edges by one end: ptr [n + 1], perm [E] (stable: edge order kept within a node).
 void group_edges(const int64_t* node, int64_t E, int64_t n, std::vector<int64_t>& ptr, std::vector<int64_t>& perm) {
   ptr.assign(n + 1, 0);
@@ -120,16 +93,6 @@ void group_edges(const int64_t* node, int64_t E, int64_t n, std::vector<int64_t>
   std::vector<int64_t> fill(ptr.begin(), ptr.end() - 1);
   perm.resize(E);
   for (int64_t e = 0; e < E; ++e) perm[fill[node[e]]++] = e;
-}
-
-void check_edge_index(const char* op, const at::Tensor& edge_index, int64_t num_nodes, int64_t num_edges) {
-  check_tensor(edge_index, op, "edge_index", 2, at::kLong);
-  check_size(edge_index, op, "edge_index", 0, 2);
-  check_size(edge_index, op, "edge_index", 1, num_edges);
-  if (num_edges == 0) return;
-  const auto [lo, hi] = at::aminmax(edge_index);
-  TORCH_CHECK(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < num_nodes, op, ": 'edge_index' holds node ",
-              lo.item<int64_t>() < 0 ? lo.item<int64_t>() : hi.item<int64_t>(), ", outside [0, ", num_nodes, ")");
 }
 
 // Work units of a backward pass over `rows` rows: with shared weights, a fixed number of
@@ -163,17 +126,14 @@ at::Tensor tp_forward_cpu(const at::Tensor& x1_, const at::Tensor& x2_, const at
                           const at::Tensor& cg_index, const at::Tensor& cg_value, const at::Tensor& path_weight,
                           int64_t dim_out) {
   const char* op = "geo3d::tp_forward";
+  tp_tables::check_tp_inputs(op, x1_, x2_, nullptr, kOnCpu);
   const auto dtype = x1_.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op, ": float32 or float64 inputs, got ", dtype);
-  check_tensor(x1_, op, "x1", 2, dtype);
-  check_tensor(x2_, op, "x2", 2, dtype);
-  check_size(x2_, op, "x2", 0, x1_.size(0));
   const int64_t Z = x1_.size(0);
   auto out = at::zeros({Z, dim_out}, x1_.options());
   dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
     const auto plan = cpu_plan<T>(op, paths, cg_index, cg_value, path_weight, x1_.size(1), x2_.size(1), dim_out);
-    const Weights wi = check_weights(op, w_, Z, plan.weight_numel, dtype, "batch");
+    const Weights wi = check_weights(op, w_, Z, plan.weight_numel, dtype, kOnCpu, "batch");
     const auto x1 = x1_.contiguous(), x2 = x2_.contiguous(), w = w_.contiguous();
     std::vector<Block> b1, bo;
     plan_blocks(plan, b1, bo);
@@ -202,14 +162,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_backward_cpu(const at::Tensor&
                                                                const at::Tensor& cg_value,
                                                                const at::Tensor& path_weight) {
   const char* op = "geo3d::tp_backward";
+  tp_tables::check_tp_inputs(op, x1_, x2_, &grad_, kOnCpu);
   const auto dtype = x1_.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op, ": float32 or float64 inputs, got ", dtype);
-  check_tensor(x1_, op, "x1", 2, dtype);
-  check_tensor(x2_, op, "x2", 2, dtype);
-  check_tensor(grad_, op, "grad", 2, dtype);
   const int64_t Z = x1_.size(0);
-  check_size(x2_, op, "x2", 0, Z);
-  check_size(grad_, op, "grad", 0, Z);
   auto gx1 = at::zeros_like(x1_, at::MemoryFormat::Contiguous);
   auto gx2 = at::zeros_like(x2_, at::MemoryFormat::Contiguous);
   auto gw = at::zeros_like(w_, at::MemoryFormat::Contiguous);
@@ -217,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_backward_cpu(const at::Tensor&
     using T = decltype(tag);
     const int64_t dim_out = grad_.size(1);
     const auto plan = cpu_plan<T>(op, paths, cg_index, cg_value, path_weight, x1_.size(1), x2_.size(1), dim_out);
-    const Weights wi = check_weights(op, w_, Z, plan.weight_numel, dtype, "batch");
+    const Weights wi = check_weights(op, w_, Z, plan.weight_numel, dtype, kOnCpu, "batch");
     const auto x1 = x1_.contiguous(), x2 = x2_.contiguous(), w = w_.contiguous(), g = grad_.contiguous();
     std::vector<Block> b1, bo;
     plan_blocks(plan, b1, bo);
@@ -253,17 +208,14 @@ at::Tensor tp_conv_forward_cpu(const at::Tensor& x_, const at::Tensor& sh_, cons
                                const at::Tensor& edge_index, const at::Tensor& paths, const at::Tensor& cg_index,
                                const at::Tensor& cg_value, const at::Tensor& path_weight, int64_t dim_out) {
   const char* op = "geo3d::tp_conv_forward";
+  tp_tables::check_conv_inputs(op, x_, sh_, edge_index, nullptr, kOnCpu);
   const auto dtype = x_.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op, ": float32 or float64 inputs, got ", dtype);
-  check_tensor(x_, op, "x", 2, dtype);
-  check_tensor(sh_, op, "sh", 2, dtype);
   const int64_t N = x_.size(0), E = sh_.size(0);
-  check_edge_index(op, edge_index, N, E);
   auto out = at::zeros({N, dim_out}, x_.options());
   dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
     const auto plan = cpu_plan<T>(op, paths, cg_index, cg_value, path_weight, x_.size(1), sh_.size(1), dim_out);
-    const Weights wi = check_weights(op, w_, E, plan.weight_numel, dtype, "E");
+    const Weights wi = check_weights(op, w_, E, plan.weight_numel, dtype, kOnCpu, "E");
     std::vector<Block> b1, bo;
     plan_blocks(plan, b1, bo);
     const at::Tensor xt = transpose_rows<T>(x_.contiguous(), b1);
@@ -298,14 +250,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_conv_backward_cpu(
     const at::Tensor& grad_, const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
     const at::Tensor& path_weight) {
   const char* op = "geo3d::tp_conv_backward";
+  tp_tables::check_conv_inputs(op, x_, sh_, edge_index, &grad_, kOnCpu);
   const auto dtype = x_.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op, ": float32 or float64 inputs, got ", dtype);
-  check_tensor(x_, op, "x", 2, dtype);
-  check_tensor(sh_, op, "sh", 2, dtype);
-  check_tensor(grad_, op, "grad", 2, dtype);
   const int64_t N = x_.size(0), E = sh_.size(0);
-  check_size(grad_, op, "grad", 0, N);
-  check_edge_index(op, edge_index, N, E);
   auto gx = at::zeros_like(x_, at::MemoryFormat::Contiguous);
   auto gsh = at::zeros_like(sh_, at::MemoryFormat::Contiguous);
   auto gw = at::zeros_like(w_, at::MemoryFormat::Contiguous);
@@ -313,7 +260,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_conv_backward_cpu(
     using T = decltype(tag);
     const int64_t dim_out = grad_.size(1);
     const auto plan = cpu_plan<T>(op, paths, cg_index, cg_value, path_weight, x_.size(1), sh_.size(1), dim_out);
-    const Weights wi = check_weights(op, w_, E, plan.weight_numel, dtype, "E");
+    const Weights wi = check_weights(op, w_, E, plan.weight_numel, dtype, kOnCpu, "E");
     std::vector<Block> b1, bo;
     plan_blocks(plan, b1, bo);
     const at::Tensor xt = transpose_rows<T>(x_.contiguous(), b1);

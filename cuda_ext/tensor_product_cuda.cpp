@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "cuda_binding.h"
+#include "float_dispatch.h"
 #include "geo3d/tensor_product_core.h"
 #include "tensor_product_common.h"
 #include "tensor_product_cuda.h"
@@ -29,17 +30,9 @@ namespace geo3d {
 namespace {
 
 namespace tpc = cuda::tpc;
-using tp_tables::check_size;
+using tp_tables::check_weights;
 using tp_tables::make_plan;
-
-// A feature tensor: dims, dtype, and the device of the op's first input.
-void check_tensor(const at::Tensor& t, const char* op, const char* name, int64_t dim, at::ScalarType dtype,
-                  const at::Device& device) {
-  TORCH_CHECK(t.dim() == dim, op, ": '", name, "' must have ", dim, " dimensions, got shape ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == dtype, op, ": '", name, "' must be ", dtype, ", got ", t.scalar_type());
-  TORCH_CHECK(t.device() == device, op, ": '", name, "' must be on ", device, " like the features, got ",
-              t.device());
-}
+using tp_tables::Weights;
 
 // The plan's device tables; `blob` keeps them alive (the caching allocator orders its
 // reuse after the kernels of this stream).
@@ -64,35 +57,6 @@ DeviceTables<T> upload_tables(const char* op, const tp::Plan<T>& plan, const at:
   return d;
 }
 
-struct Weights {
-  bool shared;
-  int64_t stride;  // elements between rows (0 when shared)
-};
-
-Weights check_weights(const char* op, const at::Tensor& w, int64_t rows, int64_t weight_numel, at::ScalarType dtype,
-                      const at::Device& device, const char* rows_name) {
-  TORCH_CHECK(w.dim() == 1 || w.dim() == 2, op, ": 'w' must be [weight_numel] (shared) or [", rows_name,
-              ", weight_numel], got shape ", w.sizes());
-  TORCH_CHECK(w.scalar_type() == dtype, op, ": 'w' must be ", dtype, " like the features, got ", w.scalar_type());
-  TORCH_CHECK(w.device() == device, op, ": 'w' must be on ", device, " like the features, got ", w.device());
-  TORCH_CHECK(w.size(-1) >= weight_numel, op, ": 'w' has ", w.size(-1), " weights per row, the plan needs ",
-              weight_numel);
-  if (w.dim() == 2) check_size(w, op, "w", 0, rows);
-  return {w.dim() == 1, w.dim() == 1 ? 0 : w.size(1)};
-}
-
-void check_edge_index(const char* op, const at::Tensor& edge_index, int64_t num_nodes, int64_t num_edges,
-                      const at::Device& device) {
-  check_tensor(edge_index, op, "edge_index", 2, at::kLong, device);
-  check_size(edge_index, op, "edge_index", 0, 2);
-  check_size(edge_index, op, "edge_index", 1, num_edges);
-  if (num_edges == 0) return;
-  const auto [lo, hi] = at::aminmax(edge_index);
-  const int64_t l = lo.item<int64_t>(), h = hi.item<int64_t>();
-  TORCH_CHECK(l >= 0 && h < num_nodes, op, ": 'edge_index' holds node ", l < 0 ? l : h, ", outside [0, ",
-              num_nodes, ")");
-}
-
 // Edges grouped by one end, on the device: ptr [n + 1], perm [E]. The sort is stable, so
 // a node's edges keep their order (as the CPU's counting sort keeps it).
 std::pair<at::Tensor, at::Tensor> group_edges(const at::Tensor& node, int64_t n) {
@@ -101,9 +65,10 @@ std::pair<at::Tensor, at::Tensor> group_edges(const at::Tensor& node, int64_t n)
   return {ptr.contiguous(), std::get<1>(sorted).contiguous()};
 }
 
-void check_dtype(const char* op, const at::Tensor& x) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-              ": float32 or float64 inputs, got ", x.scalar_type());
+// The op's first input (x1 or x): a float dtype, on the kernels' device; the other tensors
+// must then be on that device too (tp_tables::check_*_inputs).
+void check_first_input(const char* op, const at::Tensor& x) {
+  tp_tables::check_float_inputs(op, x);
   TORCH_CHECK(on_kernel_device(x), op, " (CUDA): inputs must be CUDA tensors, got ", x.device());
 }
 
@@ -173,15 +138,12 @@ at::Tensor tp_forward_cuda(const at::Tensor& x1, const at::Tensor& x2, const at:
                            const at::Tensor& cg_index, const at::Tensor& cg_value, const at::Tensor& path_weight,
                            int64_t dim_out) {
   const char* op = "geo3d::tp_forward";
-  check_dtype(op, x1);
-  const auto dtype = x1.scalar_type();
-  check_tensor(x1, op, "x1", 2, dtype, x1.device());
-  check_tensor(x2, op, "x2", 2, dtype, x1.device());
-  check_size(x2, op, "x2", 0, x1.size(0));
+  check_first_input(op, x1);
+  tp_tables::check_tp_inputs(op, x1, x2, nullptr, x1.device());
   const c10::cuda::CUDAGuard guard(x1.device());  // allocations, stream and launches on x1's device
-  if (dtype == at::kDouble)
-    return tp_forward_impl<double>(op, x1, x2, w, paths, cg_index, cg_value, path_weight, dim_out);
-  return tp_forward_impl<float>(op, x1, x2, w, paths, cg_index, cg_value, path_weight, dim_out);
+  return dispatch_float(x1.scalar_type(), [&](auto tag) {
+    return tp_forward_impl<decltype(tag)>(op, x1, x2, w, paths, cg_index, cg_value, path_weight, dim_out);
+  });
 }
 
 template <typename T>
@@ -221,17 +183,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_backward_cuda(const at::Tensor
                                                                 const at::Tensor& cg_value,
                                                                 const at::Tensor& path_weight) {
   const char* op = "geo3d::tp_backward";
-  check_dtype(op, x1);
-  const auto dtype = x1.scalar_type();
-  check_tensor(x1, op, "x1", 2, dtype, x1.device());
-  check_tensor(x2, op, "x2", 2, dtype, x1.device());
-  check_tensor(grad, op, "grad", 2, dtype, x1.device());
-  check_size(x2, op, "x2", 0, x1.size(0));
-  check_size(grad, op, "grad", 0, x1.size(0));
+  check_first_input(op, x1);
+  tp_tables::check_tp_inputs(op, x1, x2, &grad, x1.device());
   const c10::cuda::CUDAGuard guard(x1.device());
-  if (dtype == at::kDouble)
-    return tp_backward_impl<double>(op, x1, x2, w, grad, paths, cg_index, cg_value, path_weight);
-  return tp_backward_impl<float>(op, x1, x2, w, grad, paths, cg_index, cg_value, path_weight);
+  return dispatch_float(x1.scalar_type(), [&](auto tag) {
+    return tp_backward_impl<decltype(tag)>(op, x1, x2, w, grad, paths, cg_index, cg_value, path_weight);
+  });
 }
 
 // --------------------------------------------------------------------------- fused convolution
@@ -259,15 +216,13 @@ at::Tensor tp_conv_forward_cuda(const at::Tensor& x, const at::Tensor& sh, const
                                 const at::Tensor& edge_index, const at::Tensor& paths, const at::Tensor& cg_index,
                                 const at::Tensor& cg_value, const at::Tensor& path_weight, int64_t dim_out) {
   const char* op = "geo3d::tp_conv_forward";
-  check_dtype(op, x);
-  const auto dtype = x.scalar_type();
-  check_tensor(x, op, "x", 2, dtype, x.device());
-  check_tensor(sh, op, "sh", 2, dtype, x.device());
-  const c10::cuda::CUDAGuard guard(x.device());
-  check_edge_index(op, edge_index, x.size(0), sh.size(0), x.device());
-  if (dtype == at::kDouble)
-    return tp_conv_forward_impl<double>(op, x, sh, w, edge_index, paths, cg_index, cg_value, path_weight, dim_out);
-  return tp_conv_forward_impl<float>(op, x, sh, w, edge_index, paths, cg_index, cg_value, path_weight, dim_out);
+  check_first_input(op, x);
+  const c10::cuda::CUDAGuard guard(x.device());  // before the edge_index range check runs on it
+  tp_tables::check_conv_inputs(op, x, sh, edge_index, nullptr, x.device());
+  return dispatch_float(x.scalar_type(), [&](auto tag) {
+    return tp_conv_forward_impl<decltype(tag)>(op, x, sh, w, edge_index, paths, cg_index, cg_value, path_weight,
+                                               dim_out);
+  });
 }
 
 template <typename T>
@@ -308,17 +263,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_conv_backward_cuda(
     const at::Tensor& grad, const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
     const at::Tensor& path_weight) {
   const char* op = "geo3d::tp_conv_backward";
-  check_dtype(op, x);
-  const auto dtype = x.scalar_type();
-  check_tensor(x, op, "x", 2, dtype, x.device());
-  check_tensor(sh, op, "sh", 2, dtype, x.device());
-  check_tensor(grad, op, "grad", 2, dtype, x.device());
-  check_size(grad, op, "grad", 0, x.size(0));
+  check_first_input(op, x);
   const c10::cuda::CUDAGuard guard(x.device());
-  check_edge_index(op, edge_index, x.size(0), sh.size(0), x.device());
-  if (dtype == at::kDouble)
-    return tp_conv_backward_impl<double>(op, x, sh, w, edge_index, grad, paths, cg_index, cg_value, path_weight);
-  return tp_conv_backward_impl<float>(op, x, sh, w, edge_index, grad, paths, cg_index, cg_value, path_weight);
+  tp_tables::check_conv_inputs(op, x, sh, edge_index, &grad, x.device());
+  return dispatch_float(x.scalar_type(), [&](auto tag) {
+    return tp_conv_backward_impl<decltype(tag)>(op, x, sh, w, edge_index, grad, paths, cg_index, cg_value,
+                                                path_weight);
+  });
 }
 
 }  // namespace

@@ -21,18 +21,20 @@ import torch
 from torch import nn
 
 from geo3d.checkpoint import CheckpointError, load_checkpoint
+from geo3d.models.config import ModelConfig
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
 Builder = Callable[[dict[str, Any]], nn.Module]
-# Architecture name (stored in every checkpoint) -> "module:function" building it from a config.
+# Architecture name (stored in every checkpoint) -> "module:Class" building it from a config; the class's
+# ``Config`` (a geo3d.models.config.ModelConfig) declares the keys, types and defaults of that config.
 ARCHITECTURES: dict[str, str | Builder] = {
     "eqgat_diff": "geo3d.diffusion.eqgat_diff:EQGATDiffusion",
     "potential": "geo3d.models.potential:InteratomicPotential",
     "tinvnn": "geo3d.models.tinvnn:TinvNN",
     "tinvnn_seg": "geo3d.models.tinvnn:TinvNNSegmentation",
     "dgcnn": "geo3d.models.dgcnn:DGCNN",
-    "tinvnn_dgcnn": "geo3d.models.dgcnn:build_tinvnn_dgcnn",
+    "tinvnn_dgcnn": "geo3d.models.dgcnn:TinvNNDGCNN",
     "vn_dgcnn": "geo3d.models.vn_dgcnn:VNDGCNN",
     "parot": "geo3d.models.parot:PaRot",
     "parot_seg": "geo3d.models.parot:PaRotSegmentation",
@@ -103,6 +105,11 @@ def architecture(arch: str) -> Builder:
         return entry
     module, name = entry.split(":")
     return getattr(importlib.import_module(module), name)
+
+
+def config_class(arch: str) -> type[ModelConfig]:
+    """The typed config of a registered architecture (its builder's ``Config``)."""
+    return architecture(arch).Config
 
 
 @dataclass(frozen=True)

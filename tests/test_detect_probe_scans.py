@@ -227,7 +227,7 @@ def test_apen_detect_is_deterministic_and_moves_with_the_scan(apen_rooms, scan_n
 
 
 def test_part_proposals_pick_the_vote_nearest_each_parts_mean():
-    from geo3d.models.apen_detector import check_config, part_proposals
+    from geo3d.models.apen_detector import APENDetectorConfig, part_proposals
 
     g = torch.Generator().manual_seed(5)
     n, b = 50, 2
@@ -244,9 +244,9 @@ def test_part_proposals_pick_the_vote_nearest_each_parts_mean():
         assert int(got[scene, slot]) == int(best) - scene * n
     assert int(got[1, 3]) == int(got[1, 0]), "a scene with fewer parts repeats its first proposal"
     with pytest.raises(ValueError, match="'proposals' must be"):
-        check_config({"proposals": "vote"})
+        APENDetectorConfig.resolve({"proposals": "vote"})
     with pytest.raises(ValueError, match="needs 'num_seeds: null'"):
-        check_config({"proposals": "parts", "num_seeds": 256})
+        APENDetectorConfig.resolve({"proposals": "parts", "num_seeds": 256})
 
 
 def test_geo3d_detect_twice_on_a_ply_writes_the_same_boxes(tmp_path, apen_rooms):

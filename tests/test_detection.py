@@ -385,7 +385,7 @@ def test_votenet_shapes_config_and_registry():
     assert (batch.batch[out["seed_index"]] == torch.arange(2)[:, None]).all()  # seeds stay in their scene
     with pytest.raises(ValueError, match="unknown keys \\['radius'\\]"):
         VoteNet({**TINY, "radius": 1.0})
-    with pytest.raises(ValueError, match="sa_k has 1 levels"):
+    with pytest.raises(ValueError, match="'sa_k' has 1 levels"):
         VoteNet({**TINY, "sa_k": [16]})
     with pytest.raises(ValueError, match="mean_sizes"):
         VoteNet({**TINY, "mean_sizes": [[1.0, 1.0, 1.0]]})
@@ -561,18 +561,16 @@ def test_head_takes_any_backbone():
 
 
 def test_detection_task_on_rooms():
-    """The trainer-facing task: Rooms scenes in, a finite loss, mAP keys out (config wiring is not done yet)."""
+    """The trainer-facing task: Rooms scenes in, a finite loss, mAP keys out."""
     from geo3d.train.config import ExperimentConfig
     from geo3d.train.detection_task import DetectionTask
 
     model_cfg = {k: v for k, v in TINY.items() if k not in ("num_classes", "mean_sizes")}
     cfg = ExperimentConfig(
-        task="pointcloud_classification",
-        data={"num_points": 1024, "limit_train": 3, "limit_val": 2, "cache_dir": ""},
+        task="detection",
+        data={"dataset": "rooms", "num_points": 1024, "limit_train": 3, "limit_val": 2, "cache_dir": ""},
         model=model_cfg,
     )
-    # The schema does not know dataset "rooms" yet: set it without validation.
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": "rooms"})})
     task = DetectionTask(cfg)
     train, val = task.datasets()
     config = task.model_config(train)

@@ -125,11 +125,11 @@ def test_parot_pointnet_is_translation_and_permutation_invariant_and_rotation_is
 def test_parot_config_is_checked():
     with pytest.raises(ValueError, match=r"unknown keys \['num_patchs'\]"):
         PaRot({"num_patchs": 8})
-    with pytest.raises(ValueError, match="encoder must be"):
+    with pytest.raises(ValueError, match="'encoder' must be one of"):
         PaRot({"encoder": "gnn"})
-    with pytest.raises(ValueError, match="k_global=64 exceeds num_patches=32"):
+    with pytest.raises(ValueError, match=r"'k_global' \(64\) exceeds 'num_patches' \(32\)"):
         PaRot({"num_patches": 32, "k_global": 64})
-    with pytest.raises(ValueError, match="k_intra must be a positive integer"):
+    with pytest.raises(ValueError, match="'k_intra' must be an integer >= 1"):
         PaRot({"k_intra": 0})
     with pytest.raises(ValueError, match="smaller than num_patches"):
         PaRot(SMALL).eval()(Batch.from_data_list(procedural_shapes(1, points=15)))

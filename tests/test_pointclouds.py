@@ -183,7 +183,7 @@ def test_dgcnn_is_permutation_invariant_but_not_rotation_invariant():
         t.pos = s.pos[torch.randperm(128, generator=g)]
         permuted.append(t)
     assert (model(_batch(permuted)) - ref).abs().max() < 1e-4
-    with pytest.raises(ValueError, match="input must be 'xyz' or 'mds'"):
+    with pytest.raises(ValueError, match="'input' must be one of 'xyz' or 'mds'"):
         DGCNN({"input": "pca"})
     rotated = [RandomRotate("so3", g)(s) for s in shapes]
     assert (model(_batch(rotated)) - ref).abs().max() > 1e-3  # the baseline is not invariant

@@ -116,7 +116,7 @@ def test_vn_dgcnn_is_rotation_translation_and_permutation_invariant():
 def test_vn_dgcnn_config_is_checked_and_gradients_flow():
     with pytest.raises(ValueError, match=r"unknown keys \['widht'\]"):
         VNDGCNN({"widht": [8]})
-    with pytest.raises(ValueError, match="pooling must be"):
+    with pytest.raises(ValueError, match="'pooling' must be one of"):
         VNDGCNN({"pooling": "sum"})
     model = VNDGCNN({"k": 6, "widths": [6], "emb": 8, "head": [16], "pooling": "mean"}).train()
     model(Batch.from_data_list(procedural_shapes(3, 64))).logsumexp(1).sum().backward()

@@ -11,7 +11,7 @@ published code, on purpose:
 
 Config (all plain values, stored in the checkpoint)::
 
-    denoiser: {num_layers, s_dim, v_dim, e_dim, ...}   # geo3d.models.eqgat.DEFAULTS
+    denoiser: {num_layers, s_dim, v_dim, e_dim, ...}   # geo3d.models.eqgat.EQGATDenoiserConfig
     timesteps: 500
     nu: {pos: 2.5, atoms: 1.0, charges: 1.0, bonds: 1.5}  # all 1.0 = plain cosine
     loss_weights: {pos: 3.0, atoms: 0.4, bonds: 2.0, charges: 1.0}
@@ -23,29 +23,73 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch_geometric.data import Batch
+from typing_extensions import Self
 
 from geo3d.data.molecules import CHARGE_MIN
 from geo3d.diffusion.categorical import noised_probs, posterior_probs, sample_categorical
 from geo3d.diffusion.schedules import cosine_alpha_bar, snr_weight
 from geo3d.diffusion.valence import assign_bonds
 from geo3d.graph.fully_connected import fully_connected_edges
-from geo3d.models.eqgat import EQGATDenoiser
+from geo3d.models.config import ModelConfig, PositiveInt
+from geo3d.models.eqgat import EQGATDenoiser, EQGATDenoiserConfig
 from geo3d.ops import scatter
 
 MODALITIES = ("pos", "atoms", "charges", "bonds")
-DEFAULTS: dict[str, Any] = {
-    "denoiser": {},
-    "timesteps": 500,
-    "nu": {"pos": 2.5, "atoms": 1.0, "charges": 1.0, "bonds": 1.5},
-    "loss_weights": {"pos": 3.0, "atoms": 0.4, "bonds": 2.0, "charges": 1.0},
-    "snr_clip": [0.05, 1.5],
-    "priors": None,
-}
+Modality = Literal["pos", "atoms", "charges", "bonds"]
+Probabilities = list[Annotated[float, Field(ge=0)]]
+
+
+class Priors(ModelConfig):
+    """The training set's marginals (the categorical priors) and atom-count histogram (unnormalised)."""
+
+    arch: ClassVar[str] = "priors"
+
+    atoms: Probabilities  # [num_atom_types]
+    charges: Probabilities  # [num_charges]
+    bonds: Probabilities  # [num_bond_types]
+    num_atoms: Probabilities  # [max atoms + 1]: index n = molecules of n atoms
+
+
+class EQGATDiffusionConfig(ModelConfig):
+    """EQGAT-diff: the denoiser (nested), the noise schedules, the loss weights and the priors."""
+
+    arch: ClassVar[str] = "eqgat_diff"
+
+    denoiser: EQGATDenoiserConfig = Field(default_factory=dict)
+    timesteps: PositiveInt = 500
+    # cosine schedule exponent per modality (missing: 1.0)
+    nu: dict[Modality, float] = {"pos": 2.5, "atoms": 1.0, "charges": 1.0, "bonds": 1.5}
+    loss_weights: dict[Modality, Annotated[float, Field(ge=0)]] = {
+        "pos": 3.0,
+        "atoms": 0.4,
+        "bonds": 2.0,
+        "charges": 1.0,
+    }
+    snr_clip: list[float] = Field([0.05, 1.5], min_length=2, max_length=2)  # [min, max] of the SNR weight
+    # required to build the model; the training task fills it in from the training set
+    priors: Priors | None = None
+
+    @model_validator(mode="after")
+    def _priors_fit_the_denoiser(self) -> Self:
+        if self.priors is None:
+            return self
+        d = self.denoiser
+        for key, size in [
+            ("atoms", d.num_atom_types),
+            ("charges", d.num_charges),
+            ("bonds", d.num_bond_types),
+        ]:
+            if len(getattr(self.priors, key)) != size:
+                raise ValueError(
+                    f"priors.{key} has {len(getattr(self.priors, key))} entries, expected {size}"
+                )
+        return self
 
 
 def _centre(x: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
@@ -55,12 +99,11 @@ def _centre(x: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
 class EQGATDiffusion(nn.Module):
     """Denoiser + schedules + priors: the object a checkpoint stores and ``geo3d generate`` samples."""
 
+    Config: ClassVar[type[ModelConfig]] = EQGATDiffusionConfig  # its config: keys, types, defaults
+
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        unknown = set(config) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"eqgat_diff config: unknown keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        cfg = {**DEFAULTS, **config}
+        cfg = EQGATDiffusionConfig.resolve(config)
         if cfg["priors"] is None:
             raise ValueError("eqgat_diff config: 'priors' (marginals and atom-count histogram) is required")
         self.config = cfg
@@ -70,11 +113,6 @@ class EQGATDiffusion(nn.Module):
             nu = float(cfg["nu"].get(mod, 1.0))
             self.register_buffer(f"abar_{mod}", cosine_alpha_bar(self.timesteps, nu), persistent=False)
         priors = cfg["priors"]
-        for key, size in [("atoms", self.denoiser.num_atom_types), ("charges", self.denoiser.num_charges)]:
-            if len(priors[key]) != size:
-                raise ValueError(
-                    f"eqgat_diff config: priors.{key} has {len(priors[key])} entries, expected {size}"
-                )
         for key in ("atoms", "charges", "bonds"):
             p = torch.tensor(priors[key], dtype=torch.float64)
             self.register_buffer(f"prior_{key}", p / p.sum(), persistent=False)

@@ -95,11 +95,14 @@ networks' rows are ``N * |F|``. Nothing is ``O(N K |F|)``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor, nn
+from typing_extensions import Self
 
+from geo3d.models.config import ModelConfig, NonNegativeInt, PositiveInt
 from geo3d.nn.frame_averaging import GROUPS, FramePointNet, frame_is_unique, part_frames
 from geo3d.nn.partition import (
     assign_parts,
@@ -113,65 +116,57 @@ from geo3d.nn.partition import (
 )
 from geo3d.ops.scatter import scatter
 
-# Defaults follow the code's confs/dfaust.conf where it has the setting.
-DEFAULTS: dict[str, Any] = {
-    "num_classes": 24,  # segmentation classes (24 SMPL parts in the code)
-    "num_scene_classes": 0,  # 0: no scene-classification head
-    "group": "SE3",  # SE3: 4 sign frames, det +1; E3: 8, reflections too
-    "use_normals": False,  # the code feeds normals; needs data.normal
-    "num_fps_parts": 30,  # initial partition: FPS centres ...
-    "num_random_parts": 10,  # ... plus random points at least random_part_min_dist from all centres
-    "random_part_min_dist": 0.05,
-    "init_variance": 0.2,  # GMM variance of the initial assignment (matters when sampling)
-    "variances": [0.001, 0.001, 0.003, 0.005],  # one per block: EM variance on that block's votes
-    "em_iters": 16,  # EM steps per re-partition (merge after half, prune 4 steps later)
-    "merge_thr": 0.15,  # merge centres closer than merge_thr * sqrt(variance)
-    "prune_thr": 1e-4,  # drop parts with weight <= prune_thr * 2**block
-    "sampling": "always",  # hard assignment: Gumbel-max sample ("always", "train") or argmax ("never")
-    "knn": 10,  # neighbours of the same part in each point's input
-    "inv_channels": [8, 8, 8, 32],  # invariant features each block passes on
-    "vec_channels": [8, 8, 8, 32],  # equivariant vectors each block passes on (besides its vote)
-    "point_widths": [64, 96, 128, 160, 192],  # per-row MLP of every block and the decoder
-    "head_widths": [256, 256, 128],  # head MLP; the last width is feat's
-    "pooling": "mean",  # per-(part, frame) pooling: mean (the code), max, mean_max
-}
-SAMPLING = ("never", "train", "always")
-# Recorded in the checkpoint's config by the training task, not used by the network.
-METADATA = ("train_rotation", "num_points", "arch", "object_yaw")
+
+class APENBlocksConfig(ModelConfig):
+    """APEN's backbone keys (everything but the segmentation classes); defaults follow the code's
+    ``confs/dfaust.conf`` where it has the setting."""
+
+    arch: ClassVar[str] = "apen"
+    metadata: ClassVar[tuple[str, ...]] = ("train_rotation", "num_points", "arch", "object_yaw")
+
+    num_scene_classes: NonNegativeInt = 0  # 0: no scene-classification head
+    group: Literal["SE3", "E3"] = "SE3"  # SE3: 4 sign frames, det +1; E3: 8, reflections too
+    use_normals: bool = False  # the code feeds normals; needs data.normal
+    num_fps_parts: NonNegativeInt = 30  # initial partition: FPS centres ...
+    num_random_parts: NonNegativeInt = 10  # ... plus random points >= random_part_min_dist from all centres
+    random_part_min_dist: float = Field(0.05, ge=0)
+    init_variance: float = Field(0.2, gt=0)  # GMM variance of the initial assignment (matters when sampling)
+    # one per block: EM variance on that block's votes
+    variances: list[Annotated[float, Field(gt=0)]] = Field([0.001, 0.001, 0.003, 0.005], min_length=1)
+    em_iters: NonNegativeInt = 16  # EM steps per re-partition (merge after half, prune 4 steps later)
+    merge_thr: float = Field(0.15, ge=0)  # merge centres closer than merge_thr * sqrt(variance)
+    prune_thr: float = Field(1e-4, ge=0)  # drop parts with weight <= prune_thr * 2**block
+    # hard assignment: Gumbel-max sample ("always", "train") or argmax ("never")
+    sampling: Literal["never", "train", "always"] = "always"
+    knn: PositiveInt = 10  # neighbours of the same part in each point's input
+    inv_channels: list[NonNegativeInt] = [8, 8, 8, 32]  # invariant features each block passes on
+    vec_channels: list[NonNegativeInt] = [
+        8,
+        8,
+        8,
+        32,
+    ]  # equivariant vectors each block passes on (+ its vote)
+    point_widths: list[PositiveInt] = [64, 96, 128, 160, 192]  # per-row MLP of every block and the decoder
+    head_widths: list[PositiveInt] = [256, 256, 128]  # head MLP; the last width is feat's
+    pooling: Literal["mean", "max", "mean_max"] = "mean"  # per-(part, frame) pooling: mean (the code)
+
+    @model_validator(mode="after")
+    def _one_entry_per_block(self) -> Self:
+        if self.num_fps_parts + self.num_random_parts < 1:
+            raise ValueError("'num_fps_parts' + 'num_random_parts' must be at least 1")
+        for key in ("inv_channels", "vec_channels"):
+            if len(getattr(self, key)) != len(self.variances):
+                raise ValueError(f"'{key}' needs one entry per block ({len(self.variances)}, as 'variances')")
+        return self
 
 
-def check_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Defaults filled in and every key checked; raises ``ValueError`` naming the bad key."""
-    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if k not in METADATA}}
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"apen config: unknown keys {unknown} (known: {sorted(DEFAULTS)})")
-    if cfg["group"] not in GROUPS:
-        raise ValueError(f"apen config: 'group' must be one of {GROUPS}, got {cfg['group']!r}")
-    if cfg["sampling"] not in SAMPLING:
-        raise ValueError(f"apen config: 'sampling' must be one of {SAMPLING}, got {cfg['sampling']!r}")
-    if cfg["pooling"] not in ("mean", "max", "mean_max"):
-        raise ValueError(f"apen config: 'pooling' must be mean, max or mean_max, got {cfg['pooling']!r}")
-    for key in ("num_classes", "knn", "num_scene_classes", "num_fps_parts", "num_random_parts", "em_iters"):
-        low = 1 if key in ("num_classes", "knn") else 0
-        if not isinstance(cfg[key], int) or cfg[key] < low:
-            raise ValueError(f"apen config: '{key}' must be an integer >= {low}, got {cfg[key]!r}")
-    if cfg["num_fps_parts"] + cfg["num_random_parts"] < 1:
-        raise ValueError("apen config: 'num_fps_parts' + 'num_random_parts' must be at least 1")
-    blocks = len(cfg["variances"])
-    if blocks < 1 or any(not v > 0 for v in cfg["variances"]):
-        raise ValueError(
-            "apen config: 'variances' must be a non-empty list of positive numbers (one per block)"
-        )
-    for key in ("inv_channels", "vec_channels"):
-        if len(cfg[key]) != blocks:
-            raise ValueError(f"apen config: '{key}' needs one entry per block ({blocks}, as 'variances')")
-    if not cfg["init_variance"] > 0:
-        raise ValueError(f"apen config: 'init_variance' must be > 0, got {cfg['init_variance']!r}")
-    for key in ("merge_thr", "prune_thr", "random_part_min_dist"):
-        if not cfg[key] >= 0:
-            raise ValueError(f"apen config: '{key}' must be >= 0, got {cfg[key]!r}")
-    return cfg
+class APENConfig(APENBlocksConfig):
+    """The APEN segmentation network's config (:class:`APEN`)."""
+
+    num_classes: PositiveInt = 24  # segmentation classes (24 SMPL parts in the code)
+
+
+assert GROUPS == get_args(APENConfig.model_fields["group"].annotation), "group literal follows GROUPS"
 
 
 # ---------------------------------------------------------------------------
@@ -198,7 +193,7 @@ class APEN(nn.Module):
     """APEN backbone with segmentation (and optional scene classification) heads.
 
     Args:
-        config: keys of ``DEFAULTS`` (one block per entry of ``variances``);
+        config: keys of :class:`APENConfig` (one block per entry of ``variances``);
             unknown keys raise ``ValueError``.
 
     Shapes:
@@ -207,9 +202,11 @@ class APEN(nn.Module):
         output: see :meth:`forward`.
     """
 
+    Config: ClassVar[type[ModelConfig]] = APENConfig  # its config: keys, types, defaults
+
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        cfg = check_config(config)
+        cfg = APENConfig.resolve(config)
         self.config = cfg
         self.group, self.knn, self.use_normals = cfg["group"], int(cfg["knn"]), bool(cfg["use_normals"])
         self.num_slots = int(cfg["num_fps_parts"] + cfg["num_random_parts"])

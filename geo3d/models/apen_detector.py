@@ -40,96 +40,67 @@ What is exact and what is not (float round-off aside):
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor, nn
+from typing_extensions import Self
 
-from geo3d.models.apen import APEN
-from geo3d.models.apen import check_config as check_apen_config
-from geo3d.nn.heads.box_coding import fill_mean_sizes
-from geo3d.nn.heads.detection import check_proposal_counts, head_kwargs
-from geo3d.nn.heads.frame_detection import (
-    DETECTOR_METADATA,
-    FrameVoteHead,
-    check_heading_frame,
-    decode_frame_detections,
-)
+from geo3d.models.apen import APEN, APENConfig
+from geo3d.models.config import FrameDetectionHeadConfig, ModelConfig, PositiveInt
+from geo3d.nn.heads.detection import head_kwargs
+from geo3d.nn.heads.frame_detection import FrameVoteHead, decode_frame_detections
 
-DEFAULTS: dict[str, Any] = {
-    "backbone": {},  # APEN config (geo3d.models.apen.DEFAULTS); num_classes defaults to 1 + num_classes
-    "num_classes": 8,  # object classes (also the size classes); segmentation adds background
-    "mean_sizes": None,  # [num_classes, 3]; None: unit boxes (the task fills in the training set's means)
-    "num_heading_bins": 12,  # bins of the frame-relative heading over a half turn
-    "num_seeds": None,  # None: every point is a seed (exact per part); S: FPS subsample of S points
-    "num_proposals": 64,
-    "eval_proposals": None,  # proposals in eval mode (None: num_proposals); the weights do not depend on it
-    "vote_radius": 0.3,
-    "vote_k": 32,
-    "head_width": 128,
-    # per-proposal heading frame: "pca" (the grouped seeds' principal axis; what apen-rooms shipped with)
-    # or "learned" (the mean of the seeds' axes: APEN's first passed-on vector of its last block,
-    # trained toward the box yaw by frame_axis_loss)
-    "heading_frame": "pca",
+
+class APENDetectorConfig(FrameDetectionHeadConfig):
+    """APEN backbone (nested, :class:`~geo3d.models.apen.APENConfig`) + frame-relative head keys."""
+
+    arch: ClassVar[str] = "apen_detector"
+
+    # object classes (also the size classes); segmentation adds background, so the backbone's
+    # num_classes defaults to 1 + num_classes
+    num_classes: PositiveInt = 8
+    backbone: APENConfig = Field(default_factory=dict)
+    # None: every point is a seed (exact per part); S: FPS subsample of S points
+    num_seeds: PositiveInt | None = None
     # proposal centres in eval mode: "fps" (FPS over the votes, eval_proposals of them; what apen-rooms
     # trained with) or "parts" (one per part of APEN's last partition: the seed whose vote is nearest the
     # part's mean vote; needs num_seeds null; apen-rooms ships with it since issue 21). Training: FPS.
-    "proposals": "fps",
-}
-# Recorded in the checkpoint's config by the training task, not used by the network.
-METADATA = DETECTOR_METADATA
+    proposals: Literal["fps", "parts"] = "fps"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _backbone_classes(cls, data: Any) -> Any:
+        # the nested APEN config: its own metadata keys dropped, num_classes = background + objects
+        if isinstance(data, dict) and isinstance(data.get("backbone", {}), dict):
+            backbone = {k: v for k, v in data.get("backbone", {}).items() if k not in APENConfig.metadata}
+            classes = data.get("num_classes", 8)
+            default = {"num_classes": 1 + classes} if isinstance(classes, int) else {}
+            data = {**data, "backbone": {**default, **backbone}}
+        return data
 
-def check_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Defaults filled in and every key checked; raises ``ValueError`` naming the bad key."""
-    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if k not in METADATA}}
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"apen_detector config: unknown keys {unknown} (known: {sorted(DEFAULTS)})")
-    if not isinstance(cfg["backbone"], dict):
-        raise ValueError(
-            f"apen_detector config: 'backbone' must be a mapping of APEN keys, got {cfg['backbone']!r}"
-        )
-    check_proposal_counts("apen_detector", cfg)
-    check_heading_frame("apen_detector", cfg)
-    for key in ("num_classes", "num_heading_bins", "vote_k", "head_width"):
-        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
-            raise ValueError(f"apen_detector config: '{key}' must be an integer >= 1, got {cfg[key]!r}")
-    seeds = cfg["num_seeds"]
-    if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
-        raise ValueError(f"apen_detector config: 'num_seeds' must be null or an integer >= 1, got {seeds!r}")
-    for key in ("num_proposals", "eval_proposals"):
-        if seeds is not None and cfg[key] is not None and seeds < cfg[key]:
-            raise ValueError(f"apen_detector config: '{key}' ({cfg[key]}) exceeds 'num_seeds' ({seeds})")
-    if not (isinstance(cfg["vote_radius"], (int, float)) and cfg["vote_radius"] > 0):
-        raise ValueError(f"apen_detector config: 'vote_radius' must be > 0, got {cfg['vote_radius']!r}")
-    if cfg["proposals"] not in ("fps", "parts"):
-        raise ValueError(
-            f"apen_detector config: 'proposals' must be 'fps' or 'parts', got {cfg['proposals']!r}"
-        )
-    if cfg["proposals"] == "parts" and seeds is not None:
-        raise ValueError(
-            "apen_detector config: 'proposals: parts' needs 'num_seeds: null' (every point a seed)"
-        )
-    fill_mean_sizes("apen_detector", cfg)
-    backbone = {"num_classes": 1 + cfg["num_classes"], **cfg["backbone"]}
-    try:
-        cfg["backbone"] = check_apen_config(backbone)
-    except ValueError as exc:
-        raise ValueError(f"apen_detector config: 'backbone': {exc}") from exc
-    if cfg["heading_frame"] == "learned" and cfg["backbone"]["vec_channels"][-1] < 1:
-        raise ValueError(
-            "apen_detector config: 'heading_frame: learned' needs a vector the last APEN block passes on "
-            f"(backbone vec_channels[-1] >= 1, got {cfg['backbone']['vec_channels']})"
-        )
-    return cfg
+    @model_validator(mode="after")
+    def _seeds_fit(self) -> Self:
+        for key in ("num_proposals", "eval_proposals"):
+            value = getattr(self, key)
+            if self.num_seeds is not None and value is not None and self.num_seeds < value:
+                raise ValueError(f"'{key}' ({value}) exceeds 'num_seeds' ({self.num_seeds})")
+        if self.proposals == "parts" and self.num_seeds is not None:
+            raise ValueError("'proposals: parts' needs 'num_seeds: null' (every point a seed)")
+        if self.heading_frame == "learned" and self.backbone.vec_channels[-1] < 1:
+            raise ValueError(
+                "'heading_frame: learned' needs a vector the last APEN block passes on "
+                f"(backbone vec_channels[-1] >= 1, got {self.backbone.vec_channels})"
+            )
+        return self
 
 
 class APENDetector(nn.Module):
     """APEN backbone + its segmentation head + :class:`FrameVoteHead` on APEN's seeds.
 
     Args:
-        config: keys of ``DEFAULTS``; the APEN config nested under ``backbone``;
+        config: keys of :class:`APENDetectorConfig`; the APEN config nested under ``backbone``;
             unknown keys raise ``ValueError``.
 
     Shapes:
@@ -138,12 +109,14 @@ class APENDetector(nn.Module):
         output: see :meth:`forward`.
     """
 
+    Config: ClassVar[type[ModelConfig]] = APENDetectorConfig  # its config: keys, types, defaults
+
     # A trained segmentation APEN (e.g. ``apen-rooms-seg``) can seed the backbone (train.init_from).
     warm_start_parts: ClassVar[dict[str, str]] = {"apen": "backbone"}
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        cfg = check_config(config)
+        cfg = APENDetectorConfig.resolve(config)
         self.config = cfg
         self.num_seeds = cfg["num_seeds"]
         self.backbone = APEN(cfg["backbone"])

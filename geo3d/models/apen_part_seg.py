@@ -17,18 +17,29 @@ the per-shape mean squared vote error, as :func:`geo3d.models.apen.apen_loss`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
-from geo3d.models.apen import APEN, _graph_inputs, apen_loss
-from geo3d.models.apen import DEFAULTS as APEN_DEFAULTS
+from geo3d.models.apen import APEN, APENBlocksConfig, _graph_inputs, apen_loss
+from geo3d.models.config import ModelConfig, PositiveInt
 from geo3d.ops.scatter import scatter
 
-DEFAULTS: dict[str, Any] = {"num_categories": 16, "num_parts": 50, "vote_weight": 1.0}
-# Recorded in the checkpoint's config by the training task, not used by the network.
-METADATA = ("train_rotation", "num_points", "difficulty", "arch")
+
+class APENPartSegConfig(APENBlocksConfig):
+    """APEN's backbone keys (its ``num_classes`` is ``num_parts`` here) and the part-segmentation ones."""
+
+    arch: ClassVar[str] = "apen_seg"
+    metadata: ClassVar[tuple[str, ...]] = ("train_rotation", "num_points", "difficulty", "arch")
+
+    num_categories: PositiveInt = 16
+    num_parts: PositiveInt = 50
+    vote_weight: float = Field(1.0, ge=0)
+
+
+OWN_KEYS = ("num_categories", "num_parts", "vote_weight")
 
 
 def part_centres(pos: Tensor, part: Tensor, batch: Tensor, num_parts: int) -> Tensor:
@@ -42,22 +53,19 @@ class APENPartSegmentation(nn.Module):
 
     Args:
         config: ``num_categories``, ``num_parts``, ``vote_weight`` and any key of
-            :data:`geo3d.models.apen.DEFAULTS` (``num_classes`` is ``num_parts``);
+            :class:`geo3d.models.apen.APENBlocksConfig` (``num_classes`` is ``num_parts``);
             unknown keys raise ``ValueError``.
     """
 
+    Config: ClassVar[type[ModelConfig]] = APENPartSegConfig  # its config: keys, types, defaults
+
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        own = {k: v for k, v in config.items() if k not in METADATA}
-        known = (set(DEFAULTS) | set(APEN_DEFAULTS)) - {"num_classes"}  # num_classes is num_parts here
-        unknown = sorted(set(own) - known)
-        if unknown:
-            raise ValueError(f"apen_seg config: unknown keys {unknown} (known: {sorted(known)})")
-        cfg = {**DEFAULTS, **own}
+        cfg = APENPartSegConfig.resolve(config)
         self.config = config
         self.num_parts, self.num_categories = int(cfg["num_parts"]), int(cfg["num_categories"])
         self.vote_weight = float(cfg["vote_weight"])
-        backbone = {k: v for k, v in cfg.items() if k not in DEFAULTS}
+        backbone = {k: v for k, v in cfg.items() if k not in OWN_KEYS}
         self.apen = APEN({**backbone, "num_classes": self.num_parts})
         self.category_bias = nn.Embedding(self.num_categories, self.num_parts)
         nn.init.zeros_(self.category_bias.weight)

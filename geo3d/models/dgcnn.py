@@ -19,24 +19,40 @@ The MDS map is an isometry of each cloud, so the first kNN graph is the same eit
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
+from geo3d.models.config import SHAPE_METADATA, ModelConfig, PositiveInt
 from geo3d.models.tinvnn import mds_coordinates
 from geo3d.ops.point_ops import knn_graph
 
-DEFAULTS = {
-    "num_classes": 16,
-    "input": "xyz",  # xyz: raw positions (not invariant); mds: TinvNN's invariant coordinates
-    "k": 16,
-    "widths": [64, 64, 128],
-    "emb": 256,
-    "head": 128,
-    "dropout": 0.5,
-}
-METADATA = ("train_rotation", "num_points", "arch", "difficulty")
+
+class DGCNNConfig(ModelConfig):
+    """DGCNN: EdgeConv widths on a kNN graph rebuilt in feature space after each layer."""
+
+    arch: ClassVar[str] = "dgcnn"
+    metadata: ClassVar[tuple[str, ...]] = SHAPE_METADATA
+
+    num_classes: PositiveInt = 16
+    input: Literal["xyz", "mds"] = (
+        "xyz"  # xyz: raw positions (not invariant); mds: TinvNN's invariant coordinates
+    )
+    k: PositiveInt = 16
+    widths: list[PositiveInt] = Field([64, 64, 128], min_length=1)
+    emb: PositiveInt = 256
+    head: PositiveInt = 128
+    dropout: float = Field(0.5, ge=0, lt=1)
+
+
+class TinvNNDGCNNConfig(DGCNNConfig):
+    """TinvNN's invariant coordinates through a DGCNN: ``input`` is always ``mds``."""
+
+    arch: ClassVar[str] = "tinvnn_dgcnn"
+
+    input: Literal["mds"] = "mds"  # use arch dgcnn for raw positions
 
 
 class EdgeConv(nn.Module):
@@ -60,14 +76,11 @@ class EdgeConv(nn.Module):
 class DGCNN(nn.Module):
     """Batch of equal-size clouds (``pos``, ``batch``) -> logits ``[B, num_classes]``."""
 
+    Config: ClassVar[type[DGCNNConfig]] = DGCNNConfig
+
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        cfg = {**DEFAULTS, **{k: v for k, v in config.items() if k not in METADATA}}
-        unknown = set(cfg) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"dgcnn config: unknown keys {sorted(unknown)}")
-        if cfg["input"] not in ("xyz", "mds"):
-            raise ValueError(f"dgcnn config: input must be 'xyz' or 'mds', got {cfg['input']!r}")
+        cfg = self.Config.resolve(config)
         self.config, self.k = cfg, int(cfg["k"])
         widths = [3, *cfg["widths"]]
         self.convs = nn.ModuleList(EdgeConv(a, b) for a, b in itertools.pairwise(widths))
@@ -114,8 +127,7 @@ class DGCNN(nn.Module):
         return self.head(torch.cat([h.max(dim=1).values, h.mean(dim=1)], dim=-1))
 
 
-def build_tinvnn_dgcnn(config: dict[str, Any]) -> nn.Module:
-    """TinvNN's invariant coordinates through a DGCNN (the paper's second backbone)."""
-    if config.get("input", "mds") != "mds":
-        raise ValueError("tinvnn_dgcnn config: input is always 'mds' (use arch dgcnn for raw positions)")
-    return DGCNN({**config, "input": "mds"})
+class TinvNNDGCNN(DGCNN):
+    """TinvNN's invariant coordinates through a DGCNN (the paper's second backbone); E(3)-invariant."""
+
+    Config: ClassVar[type[DGCNNConfig]] = TinvNNDGCNNConfig

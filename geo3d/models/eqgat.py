@@ -17,23 +17,28 @@ The vector messages run through the fused tensor-product conv of geo3d.ops
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from geo3d.models.config import ModelConfig, PositiveInt
 from geo3d.nn.eqgat import EQGATLayer
 from geo3d.ops import scatter
 
-DEFAULTS: dict[str, Any] = {
-    "num_atom_types": 16,
-    "num_charges": 6,
-    "num_bond_types": 5,
-    "num_layers": 7,
-    "s_dim": 256,
-    "v_dim": 64,
-    "e_dim": 32,
-}
+
+class EQGATDenoiserConfig(ModelConfig):
+    """The denoiser's sizes; defaults are the paper's (7 layers, 256 / 64 / 32)."""
+
+    arch: ClassVar[str] = "EQGATDenoiser"
+
+    num_atom_types: PositiveInt = 16
+    num_charges: PositiveInt = 6
+    num_bond_types: PositiveInt = 5
+    num_layers: PositiveInt = 7
+    s_dim: PositiveInt = 256  # invariant (scalar) features per atom
+    v_dim: PositiveInt = 64  # vector features per atom
+    e_dim: PositiveInt = 32  # edge (bond) features
 
 
 class EQGATDenoiser(nn.Module):
@@ -50,12 +55,7 @@ class EQGATDenoiser(nn.Module):
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        unknown = set(config) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(
-                f"EQGATDenoiser: unknown config keys {sorted(unknown)}; known: {sorted(DEFAULTS)}"
-            )
-        cfg = {**DEFAULTS, **config}
+        cfg = EQGATDenoiserConfig.resolve(config)
         self.config = cfg
         a, c, k = cfg["num_atom_types"], cfg["num_charges"], cfg["num_bond_types"]
         s, v, e, n_layers = cfg["s_dim"], cfg["v_dim"], cfg["e_dim"], cfg["num_layers"]

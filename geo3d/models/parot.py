@@ -67,12 +67,15 @@ work); the code's label smoothing is not used.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor, nn
+from typing_extensions import Self
 
-from geo3d.models.vn_dgcnn import check_config, dense_batch
+from geo3d.models.config import SHAPE_METADATA, ModelConfig, PositiveInt
+from geo3d.models.vn_dgcnn import dense_batch
 from geo3d.nn.patch_disentangle import PointNetDisentangler, SiameseDisentangle, VNDisentangler, patch_frame
 from geo3d.nn.patch_relation import (
     RELATION_DIM,
@@ -86,40 +89,66 @@ from geo3d.nn.patch_relation import (
 )
 from geo3d.ops.point_ops import fps
 
-DEFAULTS: dict[str, Any] = {
-    "num_classes": 16,
-    "encoder": "pointnet",  # the paper's; "vn": vector neurons, exactly invariant
-    "num_patches": 256,
-    "k_local": 64,
-    "k_global": 32,
-    "k_intra": 32,
-    "dim": 128,
-    "vn_channels": 32,
-    "intra_widths": [128, 128, 128],
-    "pose_dim": 32,
-    "inter_widths": [256, 512],
-    "emb": 1024,
-    "head": [512, 256],
-    "dropout": 0.5,
-    "loss_dir_local": 1.0,
-    "loss_dir_global": 1.0,
-    "loss_orth_local": 0.2,
-    "loss_orth_global": 0.1,
-    "loss_feat_local": 0.0,
-    "loss_feat_global": 0.0,
-}
-_POSITIVE = ("num_classes", "num_patches", "k_local", "k_global", "k_intra", "dim", "pose_dim", "emb")
+
+class PaRotEncoderConfig(ModelConfig):
+    """PaRot's encoder keys (patches, disentanglers, intra/inter-patch MLPs) and aux-loss weights."""
+
+    metadata: ClassVar[tuple[str, ...]] = SHAPE_METADATA
+
+    encoder: Literal["pointnet", "vn"] = "pointnet"  # the paper's; "vn": vector neurons, exactly invariant
+    num_patches: PositiveInt = 256
+    k_local: PositiveInt = 64
+    k_global: PositiveInt = 32
+    k_intra: PositiveInt = 32
+    dim: PositiveInt = 128
+    vn_channels: PositiveInt = 32
+    intra_widths: list[PositiveInt] = Field([128, 128, 128], min_length=1)
+    pose_dim: PositiveInt = 32
+    inter_widths: list[PositiveInt] = [256, 512]
+    emb: PositiveInt = 1024
+    loss_dir_local: float = Field(1.0, ge=0)
+    loss_dir_global: float = Field(1.0, ge=0)
+    loss_orth_local: float = Field(0.2, ge=0)
+    loss_orth_global: float = Field(0.1, ge=0)
+    loss_feat_local: float = Field(0.0, ge=0)
+    loss_feat_global: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _neighbours_fit(self) -> Self:
+        for key in ("k_global", "k_intra"):
+            if getattr(self, key) > self.num_patches:
+                raise ValueError(f"'{key}' ({getattr(self, key)}) exceeds 'num_patches' ({self.num_patches})")
+        return self
 
 
-def _validate(cfg: dict[str, Any]) -> None:
-    if cfg["encoder"] not in ("pointnet", "vn"):
-        raise ValueError(f"parot config: encoder must be 'pointnet' or 'vn', got {cfg['encoder']!r}")
-    for key in _POSITIVE:
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ValueError(f"parot config: {key} must be a positive integer, got {cfg[key]!r}")
-    for key in ("k_global", "k_intra"):
-        if cfg[key] > cfg["num_patches"]:
-            raise ValueError(f"parot config: {key}={cfg[key]} exceeds num_patches={cfg['num_patches']}")
+class PaRotConfig(PaRotEncoderConfig):
+    """PaRot classifier: the encoder, max over the patches, the head MLP."""
+
+    arch: ClassVar[str] = "parot"
+
+    num_classes: PositiveInt = 16
+    head: list[PositiveInt] = [512, 256]
+    dropout: float = Field(0.5, ge=0, lt=1)
+
+
+class PaRotSegConfig(PaRotEncoderConfig):
+    """PaRot part segmentation: the encoder, pose-aware propagation to the points, the head."""
+
+    arch: ClassVar[str] = "parot_seg"
+
+    num_categories: PositiveInt = 16
+    num_parts: PositiveInt = 50
+    k_interp: PositiveInt = 11  # patch centres each point interpolates from
+    root_widths: list[PositiveInt] = Field([256, 256], min_length=1)
+    point_widths: list[PositiveInt] = Field([256, 128, 128], min_length=1)
+    head: list[PositiveInt] = [128, 128]
+    dropout: float = Field(0.4, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _interpolation_fits(self) -> Self:
+        if self.k_interp > self.num_patches:
+            raise ValueError(f"'k_interp' ({self.k_interp}) exceeds 'num_patches' ({self.num_patches})")
+        return self
 
 
 def farthest_point_centres(x: Tensor, s: int, random_start: bool) -> Tensor:
@@ -152,10 +181,11 @@ class PatchEncoding(NamedTuple):
 class PaRot(nn.Module):
     """Batch of equal-size clouds (``pos``, ``batch``) -> logits ``[B, num_classes]``."""
 
+    Config: ClassVar[type[ModelConfig]] = PaRotConfig  # its config: keys, types, defaults
+
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        cfg = check_config(config, DEFAULTS, "parot")
-        _validate(cfg)
+        cfg = PaRotConfig.resolve(config)
         self.config = cfg
         dim = cfg["dim"]
 
@@ -225,33 +255,20 @@ class PaRot(nn.Module):
         self.aux_terms = {name: float(v.detach()) for name, v in terms.items()}
 
 
-SEG_DEFAULTS: dict[str, Any] = {
-    **{k: v for k, v in DEFAULTS.items() if k not in ("num_classes", "head")},
-    "num_categories": 16,
-    "num_parts": 50,
-    "k_interp": 11,
-    "root_widths": [256, 256],
-    "point_widths": [256, 128, 128],
-    "head": [128, 128],
-    "dropout": 0.4,
-}
-
-
 class PaRotSegmentation(PaRot):
     """Batch of equal-size clouds (``pos``, ``batch``, category ``y [B]``) -> part logits ``[B*P, num_parts]``.
 
     Points keep the batch's order. The aux losses are PaRot's (see the module docstring).
     """
 
+    Config: ClassVar[type[ModelConfig]] = PaRotSegConfig  # its config: keys, types, defaults
+
     def __init__(self, config: dict[str, Any]) -> None:
-        cfg = check_config(config, SEG_DEFAULTS, "parot_seg")
-        for key in ("num_categories", "num_parts", "k_interp"):
-            if not isinstance(cfg[key], int) or cfg[key] < 1:
-                raise ValueError(f"parot_seg config: {key} must be a positive integer, got {cfg[key]!r}")
-        if cfg["k_interp"] > cfg["num_patches"]:
-            raise ValueError(f"parot_seg config: k_interp={cfg['k_interp']} exceeds num_patches")
+        cfg = PaRotSegConfig.resolve(config)
         # the classifier's encoder; its head is replaced by the propagation modules below
-        super().__init__({**{k: v for k, v in cfg.items() if k in DEFAULTS}, "head": []})
+        super().__init__(
+            {k: v for k, v in cfg.items() if k in PaRotEncoderConfig.model_fields} | {"head": []}
+        )
         self.config = cfg
         del self.head
         act = nn.LeakyReLU(0.2)

@@ -18,32 +18,50 @@ by the task: ``e0`` (per-element reference energies, least squares),
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from e3nn import o3
 from e3nn.nn import Gate
+from pydantic import Field, StrictInt, model_validator
 from torch import Tensor, nn
+from typing_extensions import Self
 
 from geo3d.graph.edges import edge_vectors
 from geo3d.graph.neighbor_list import check_graph_cutoff
 from geo3d.graph.radial import RadialEmbedding
+from geo3d.models.config import ModelConfig, NonNegativeInt, PositiveInt
 from geo3d.models.potential_domain import TrainingDomain
 from geo3d.nn import ChannelWiseTensorProductConv
 from geo3d.ops.scatter import scatter
 
-DEFAULTS: dict[str, Any] = {
-    "r_max": 4.5,
-    "num_basis": 8,
-    "lmax": 2,
-    "channels": 32,
-    "hidden_lmax": 1,
-    "num_layers": 3,
-    "radial_hidden": 64,
-    "avg_num_neighbors": 30.0,
-    "scale": 1.0,
-    "shift": 0.0,
-}
+
+class PotentialConfig(ModelConfig):
+    """The NequIP-style potential's sizes, the cutoff, and what training fits (elements, e0, scale,
+    shift, the training domain)."""
+
+    arch: ClassVar[str] = "potential"
+
+    r_max: float = Field(4.5, gt=0)  # cutoff (Angstrom); the graph must be built at it
+    num_basis: PositiveInt = 8
+    lmax: NonNegativeInt = 2  # spherical harmonics of the edges
+    channels: PositiveInt = 32
+    hidden_lmax: NonNegativeInt = 1  # highest l of the node features
+    num_layers: PositiveInt = 3
+    radial_hidden: PositiveInt = 64
+    avg_num_neighbors: float = Field(30.0, gt=0)
+    scale: float = 1.0  # energy = scale * readout + shift (per atom) + e0[element]
+    shift: float = 0.0
+    # required to build the model; the training task fills them in from the training set
+    elements: list[Annotated[StrictInt, Field(ge=1, le=118)]] | None = None  # atomic numbers
+    e0: list[float] | None = None  # per-element reference energies (eV), one per element
+    domain: dict[str, Any] | None = None  # geo3d.models.potential_domain.TrainingDomain's state
+
+    @model_validator(mode="after")
+    def _one_e0_per_element(self) -> Self:
+        if self.e0 and self.elements and len(self.e0) != len(self.elements):
+            raise ValueError(f"'e0' has {len(self.e0)} entries but 'elements' has {len(self.elements)}")
+        return self
 
 
 class UnknownElementError(ValueError):
@@ -89,12 +107,11 @@ class InteractionBlock(nn.Module):
 class InteratomicPotential(nn.Module):
     """Energies, forces and stress of atomistic ``Data`` (``pos``, ``z``, ``cell``, ``pbc``, radius graph)."""
 
+    Config: ClassVar[type[ModelConfig]] = PotentialConfig  # its config: keys, types, defaults
+
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        cfg = {**DEFAULTS, **config}
-        unknown = set(cfg) - set(DEFAULTS) - {"elements", "e0", "domain"}
-        if unknown:
-            raise ValueError(f"potential config: unknown keys {sorted(unknown)}")
+        cfg = PotentialConfig.resolve(config)
         if not cfg.get("elements"):
             raise ValueError("potential config: 'elements' (atomic numbers) is required")
         self.config = cfg

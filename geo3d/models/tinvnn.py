@@ -26,16 +26,42 @@ backbone widths.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
+from geo3d.models.config import SHAPE_METADATA, ModelConfig, PositiveInt
 from geo3d.ops.scatter import scatter
 
-DEFAULTS = {"num_classes": 16, "use_normals": False, "widths": [64, 128, 256], "head": 128, "dropout": 0.5}
-# Recorded in the checkpoint's config by the training task, not used by the network.
-METADATA = ("train_rotation", "num_points", "arch", "difficulty")
+
+class _PointNetConfig(ModelConfig):
+    # Recorded in the checkpoint's config by the shape tasks, not used by the network.
+    metadata: ClassVar[tuple[str, ...]] = SHAPE_METADATA
+
+    use_normals: bool = False
+    widths: list[PositiveInt] = Field([64, 128, 256], min_length=1)  # the shared per-point MLP
+    head: PositiveInt = 128
+    dropout: float = Field(0.5, ge=0, lt=1)
+
+
+class TinvNNConfig(_PointNetConfig):
+    """TinvNN classifier: the per-point MLP on the MDS coordinates, max-pool, the head."""
+
+    arch: ClassVar[str] = "tinvnn"
+
+    num_classes: PositiveInt = 16
+
+
+class TinvNNSegConfig(_PointNetConfig):
+    """TinvNN part segmentation (ShapeNetPart style: the object category is an input)."""
+
+    arch: ClassVar[str] = "tinvnn_seg"
+
+    num_categories: PositiveInt = 16
+    num_parts: PositiveInt = 50
+    dropout: float = Field(0.3, ge=0, lt=1)
 
 
 def mds_coordinates(
@@ -64,12 +90,9 @@ def mds_coordinates(
 class _InvariantPointNet(nn.Module):
     """Shared part of the TinvNN networks: config check, the per-point MLP on MDS coordinates."""
 
-    def __init__(self, config: dict[str, Any], defaults: dict[str, Any], name: str) -> None:
+    def __init__(self, config: dict[str, Any], schema: type[ModelConfig]) -> None:
         super().__init__()
-        cfg = {**defaults, **{k: v for k, v in config.items() if k not in METADATA}}
-        unknown = set(cfg) - set(defaults)
-        if unknown:
-            raise ValueError(f"{name} config: unknown keys {sorted(unknown)}")
+        cfg = schema.resolve(config)
         self.config = cfg
         self.use_normals = bool(cfg["use_normals"])
         layers, width = [], 6 if self.use_normals else 3
@@ -106,8 +129,10 @@ class _InvariantPointNet(nn.Module):
 class TinvNN(_InvariantPointNet):
     """Batch (``pos``, ``batch``, optional ``normal``) -> logits ``[B, num_classes]``, invariant under E(3)."""
 
+    Config: ClassVar[type[ModelConfig]] = TinvNNConfig  # its config: keys, types, defaults
+
     def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__(config, DEFAULTS, "tinvnn")
+        super().__init__(config, TinvNNConfig)
         self.head = self._head(self.width, self.config["num_classes"])
 
     def forward(self, data) -> Tensor:
@@ -125,8 +150,10 @@ class TinvNNSegmentation(_InvariantPointNet):
     per-point MLP gives the part logits. Invariant like :class:`TinvNN`.
     """
 
+    Config: ClassVar[type[ModelConfig]] = TinvNNSegConfig  # its config: keys, types, defaults
+
     def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__(config, SEG_DEFAULTS, "tinvnn_seg")
+        super().__init__(config, TinvNNSegConfig)
         self.num_categories = int(self.config["num_categories"])
         self.head = self._head(2 * self.width + self.num_categories, self.config["num_parts"])
 
@@ -135,13 +162,3 @@ class TinvNNSegmentation(_InvariantPointNet):
         pooled = scatter(h, batch, 0, num_graphs, "max")[batch]
         category = nn.functional.one_hot(data.y.reshape(-1), self.num_categories).to(h.dtype)[batch]
         return self.head(torch.cat([h, pooled, category], dim=1))
-
-
-SEG_DEFAULTS = {
-    "num_categories": 16,
-    "num_parts": 50,
-    "use_normals": False,
-    "widths": [64, 128, 256],
-    "head": 128,
-    "dropout": 0.3,
-}

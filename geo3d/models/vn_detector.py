@@ -43,42 +43,20 @@ dynamic graph (a kNN in feature space over a 20k-point scene is quadratic).
 
 from __future__ import annotations
 
-import itertools
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor, nn
+from typing_extensions import Self
 
-from geo3d.models.votenet import abstraction_levels, ball_group, interpolate, scene_ptr
-from geo3d.nn.heads.box_coding import fill_mean_sizes
-from geo3d.nn.heads.detection import check_proposal_counts, head_kwargs
-from geo3d.nn.heads.frame_detection import (
-    DETECTOR_METADATA,
-    FrameVoteHead,
-    check_heading_frame,
-    decode_frame_detections,
-)
+from geo3d.models.config import FrameDetectionHeadConfig, ModelConfig, PositiveInt
+from geo3d.models.votenet import abstraction_levels, ball_group, check_levels, interpolate, scene_ptr
+from geo3d.nn.heads.detection import head_kwargs
+from geo3d.nn.heads.frame_detection import FrameVoteHead, decode_frame_detections
 from geo3d.nn.heads.point_grouping import PointMLP
 from geo3d.nn.vector_neurons import VNInvariant, VNLinear, VNLinearBNLeakyReLU, VNMaxPool
 
-DEFAULTS: dict[str, Any] = {
-    "num_classes": 8,
-    "mean_sizes": None,  # [num_classes, 3]; None: unit boxes (tasks fill in the training set's means)
-    "num_heading_bins": 12,  # bins of the frame-relative heading over a half turn
-    "sa_points": [1024, 256, 128],
-    "sa_radius": [0.2, 0.4, 0.8],
-    "sa_k": [16, 16, 16],
-    "sa_widths": [[16, 32], [32, 64], [64, 64]],  # vector channels (3 floats each)
-    "fp_widths": [64],  # [] -> the seeds are the last level's centres
-    "feat_width": 128,  # invariant seed feature
-    "num_proposals": 64,
-    "eval_proposals": None,  # proposals in eval mode (None: num_proposals); the weights do not depend on it
-    "vote_radius": 0.3,
-    "vote_k": 32,
-    "head_width": 128,
-    "heading_frame": "pca",  # per-proposal frame: "pca" (grouped seeds' spread) or "learned" (seed axes)
-}
-METADATA = DETECTOR_METADATA
 EDGE_VECTORS = 3  # per grouped point: r_j, mean r, r_j x mean r
 # Flat, evenly sampled surfaces (the floor) give near-zero mean offsets and cross products; the paper's
 # VN batch norm scales every vector to BN(|x|) and blew their gradients up to ~1e5 (measured at the
@@ -86,32 +64,27 @@ EDGE_VECTORS = 3  # per grouped point: r_j, mean r, r_j x mean r
 NORM = "rms"
 
 
-def check_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Defaults filled in and every key checked; raises ``ValueError`` naming the bad key."""
-    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if k not in METADATA}}
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"vn_detector config: unknown keys {unknown} (known: {sorted(DEFAULTS)})")
-    n = len(cfg["sa_points"])
-    for key in ("sa_radius", "sa_k", "sa_widths"):
-        if len(cfg[key]) != n:
-            raise ValueError(f"vn_detector config: '{key}' has {len(cfg[key])} levels but sa_points has {n}")
-    if any(not w for w in cfg["sa_widths"]):
-        raise ValueError(
-            f"vn_detector config: every level of 'sa_widths' needs a width, got {cfg['sa_widths']}"
-        )
-    if cfg["fp_widths"] and n < 2:
-        raise ValueError("vn_detector config: 'fp_widths' needs at least 2 set-abstraction levels")
-    if any(b > a for a, b in itertools.pairwise(cfg["sa_points"])):
-        raise ValueError(f"vn_detector config: 'sa_points' must not increase, got {cfg['sa_points']}")
-    check_heading_frame("vn_detector", cfg)
-    check_proposal_counts("vn_detector", cfg)
-    seeds = cfg["sa_points"][-2] if cfg["fp_widths"] else cfg["sa_points"][-1]
-    for key in ("num_proposals", "eval_proposals"):
-        if cfg[key] is not None and cfg[key] > seeds:
-            raise ValueError(f"vn_detector config: '{key}' ({cfg[key]}) exceeds the {seeds} seeds a scene")
-    fill_mean_sizes("vn_detector", cfg)
-    return cfg
+class VNDetectorConfig(FrameDetectionHeadConfig):
+    """The VN backbone's levels (vector channels) and the frame-relative head's keys."""
+
+    arch: ClassVar[str] = "vn_detector"
+
+    sa_points: list[PositiveInt] = Field([1024, 256, 128], min_length=1)
+    sa_radius: list[Annotated[float, Field(gt=0)]] = [0.2, 0.4, 0.8]
+    sa_k: list[PositiveInt] = [16, 16, 16]
+    sa_widths: list[list[PositiveInt]] = [[16, 32], [32, 64], [64, 64]]  # vector channels (3 floats each)
+    fp_widths: list[PositiveInt] = [64]  # [] -> the seeds are the last level's centres
+    feat_width: PositiveInt = 128  # invariant seed feature
+
+    @model_validator(mode="after")
+    def _levels_and_seeds_agree(self) -> Self:
+        check_levels(self)
+        seeds = self.sa_points[-2] if self.fp_widths else self.sa_points[-1]
+        for key in ("num_proposals", "eval_proposals"):
+            value = getattr(self, key)
+            if value is not None and value > seeds:
+                raise ValueError(f"'{key}' ({value}) exceeds the {seeds} seeds a scene")
+        return self
 
 
 def vn_mlp(c_in: int, widths: list[int]) -> nn.Sequential:
@@ -169,9 +142,11 @@ class VNDetector(nn.Module):
     ``objectness_logits``, ...) plus ``seed_index [B, S]``; ``decode`` gives boxes.
     """
 
+    Config: ClassVar[type[ModelConfig]] = VNDetectorConfig  # its config: keys, types, defaults
+
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        cfg = check_config(config)
+        cfg = VNDetectorConfig.resolve(config)
         self.config = cfg
         self.levels = nn.ModuleList()
         c = 0

@@ -25,34 +25,31 @@ invariant to rotations, translations and permutations up to float round-off
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
+from geo3d.models.config import SHAPE_METADATA, ModelConfig, PositiveInt
 from geo3d.nn.patch_relation import gather_neighbours
 from geo3d.nn.vector_neurons import VNInvariant, VNLinearBNLeakyReLU, VNMaxPool, vn_mean_pool
 from geo3d.ops.point_ops import knn_graph
 
-DEFAULTS: dict[str, Any] = {
-    "num_classes": 16,
-    "k": 16,
-    "widths": [21, 21, 42],
-    "emb": 85,
-    "pooling": "max",
-    "head": [256, 128],
-    "dropout": 0.5,
-}
-METADATA = ("train_rotation", "num_points", "arch", "difficulty")
 
+class VNDGCNNConfig(ModelConfig):
+    """VN-DGCNN: vector-neuron EdgeConvs (channels of 3-vectors), an invariant lift, the head."""
 
-def check_config(config: dict[str, Any], defaults: dict[str, Any], name: str) -> dict[str, Any]:
-    """Defaults filled in; unknown keys (typos) are an error naming them. Metadata keys are dropped."""
-    cfg = {**defaults, **{k: v for k, v in config.items() if k not in METADATA}}
-    unknown = set(cfg) - set(defaults)
-    if unknown:
-        raise ValueError(f"{name} config: unknown keys {sorted(unknown)} (known: {sorted(defaults)})")
-    return cfg
+    arch: ClassVar[str] = "vn_dgcnn"
+    metadata: ClassVar[tuple[str, ...]] = SHAPE_METADATA
+
+    num_classes: PositiveInt = 16
+    k: PositiveInt = 16
+    widths: list[PositiveInt] = Field([21, 21, 42], min_length=1)  # vector channels per EdgeConv
+    emb: PositiveInt = 85
+    pooling: Literal["max", "mean"] = "max"  # over the k neighbours
+    head: list[PositiveInt] = [256, 128]
+    dropout: float = Field(0.5, ge=0, lt=1)
 
 
 def dense_batch(data) -> tuple[Tensor, Tensor]:
@@ -86,11 +83,11 @@ class VNEdgeConv(nn.Module):
 class VNDGCNN(nn.Module):
     """Batch of equal-size clouds (``pos``, ``batch``) -> logits ``[B, num_classes]``, invariant under SE(3)."""
 
+    Config: ClassVar[type[ModelConfig]] = VNDGCNNConfig  # its config: keys, types, defaults
+
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        cfg = check_config(config, DEFAULTS, "vn_dgcnn")
-        if cfg["pooling"] not in ("max", "mean"):
-            raise ValueError(f"vn_dgcnn config: pooling must be 'max' or 'mean', got {cfg['pooling']!r}")
+        cfg = VNDGCNNConfig.resolve(config)
         self.config, self.k = cfg, int(cfg["k"])
         widths = [1, *cfg["widths"]]
         self.convs = nn.ModuleList(VNEdgeConv(a, b, cfg["pooling"]) for a, b in itertools.pairwise(widths))

@@ -19,35 +19,17 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, get_args
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor, nn
+from typing_extensions import Self
 
-from geo3d.nn.heads.box_coding import fill_mean_sizes
-from geo3d.nn.heads.detection import DetectionHead, check_proposal_counts, head_kwargs
+from geo3d.models.config import DetectionHeadConfig, ModelConfig, PositiveInt
+from geo3d.nn.heads.detection import DetectionHead, head_kwargs
 from geo3d.nn.heads.point_grouping import PointMLP, canonical_fps, gather_points
 from geo3d.ops.point_ops import knn_graph
-
-DEFAULTS: dict[str, Any] = {
-    "num_classes": 8,
-    "mean_sizes": None,  # [num_classes, 3]; None: unit boxes (tasks fill in the training set's means)
-    "num_heading_bins": 12,
-    "backbone": "pointnet2",
-    "use_normals": False,
-    "sa_points": [1024, 512, 256],
-    "sa_radius": [0.2, 0.4, 0.8],
-    "sa_k": [32, 32, 16],
-    "sa_widths": [[64, 64, 128], [128, 128, 256], [128, 128, 256]],
-    "fp_widths": [256, 256],  # [] -> the seeds are the last level's centres
-    "num_proposals": 128,
-    "eval_proposals": None,  # proposals in eval mode (None: num_proposals); the weights do not depend on it
-    "vote_radius": 0.3,
-    "vote_k": 16,
-    "head_width": 128,
-}
-# score_threshold: calibrated on validation scenes (geo3d.apps.detect.calibrate_score_threshold), read by geo3d detect.
-METADATA = ("arch", "num_points", "train_rotation", "class_names", "object_yaw", "score_threshold")
 
 
 class Seeds(NamedTuple):
@@ -194,25 +176,53 @@ class PointNet2Backbone(nn.Module):
 BACKBONES: dict[str, Callable[[dict[str, Any]], nn.Module]] = {"pointnet2": PointNet2Backbone}
 
 
-def check_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Defaults filled in; unknown keys and inconsistent sizes raise ``ValueError`` naming the key."""
-    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if k not in METADATA}}
-    unknown = set(cfg) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"votenet config: unknown keys {sorted(unknown)} (known: {sorted(DEFAULTS)})")
-    if cfg["backbone"] not in BACKBONES:
-        raise ValueError(f"votenet config: backbone {cfg['backbone']!r} is not one of {sorted(BACKBONES)}")
-    n = len(cfg["sa_points"])
+class VoteNetConfig(DetectionHeadConfig):
+    """VoteNet's keys: the PointNet++ backbone's levels and the detection head's."""
+
+    arch: ClassVar[str] = "votenet"
+    # score_threshold: calibrated on validation scenes (geo3d.apps.detect.calibrate_score_threshold),
+    # read by geo3d detect.
+    metadata: ClassVar[tuple[str, ...]] = (
+        "arch",
+        "num_points",
+        "train_rotation",
+        "class_names",
+        "object_yaw",
+        "score_threshold",
+    )
+
+    backbone: Literal["pointnet2"] = "pointnet2"  # a key of BACKBONES
+    use_normals: bool = False
+    sa_points: list[PositiveInt] = Field([1024, 512, 256], min_length=1)
+    sa_radius: list[Annotated[float, Field(gt=0)]] = [0.2, 0.4, 0.8]
+    sa_k: list[PositiveInt] = [32, 32, 16]
+    sa_widths: list[list[PositiveInt]] = [[64, 64, 128], [128, 128, 256], [128, 128, 256]]
+    fp_widths: list[PositiveInt] = [256, 256]  # [] -> the seeds are the last level's centres
+    num_proposals: PositiveInt = 128
+    vote_k: PositiveInt = 16
+
+    @model_validator(mode="after")
+    def _levels_agree(self) -> Self:
+        check_levels(self)
+        return self
+
+
+assert get_args(VoteNetConfig.model_fields["backbone"].annotation) == tuple(BACKBONES)
+
+
+def check_levels(cfg: Any) -> None:
+    """The set-abstraction lists of a PointNet++-style config agree: one entry per level, fewer points
+    each level, two levels at least for feature propagation; raises ``ValueError`` naming the key."""
+    n = len(cfg.sa_points)
     for key in ("sa_radius", "sa_k", "sa_widths"):
-        if len(cfg[key]) != n:
-            raise ValueError(f"votenet config: {key} has {len(cfg[key])} levels but sa_points has {n}")
-    if cfg["fp_widths"] and n < 2:
-        raise ValueError("votenet config: fp_widths needs at least 2 set-abstraction levels")
-    if any(b > a for a, b in itertools.pairwise(cfg["sa_points"])):
-        raise ValueError(f"votenet config: sa_points must not increase, got {cfg['sa_points']}")
-    check_proposal_counts("votenet", cfg)
-    fill_mean_sizes("votenet", cfg)
-    return cfg
+        if len(getattr(cfg, key)) != n:
+            raise ValueError(f"'{key}' has {len(getattr(cfg, key))} levels but 'sa_points' has {n}")
+    if any(not w for w in cfg.sa_widths):
+        raise ValueError(f"every level of 'sa_widths' needs a width, got {cfg.sa_widths}")
+    if cfg.fp_widths and n < 2:
+        raise ValueError("'fp_widths' needs at least 2 set-abstraction levels")
+    if any(b > a for a, b in itertools.pairwise(cfg.sa_points)):
+        raise ValueError(f"'sa_points' must not increase, got {cfg.sa_points}")
 
 
 class VoteNet(nn.Module):
@@ -224,9 +234,11 @@ class VoteNet(nn.Module):
     ``seed_index [B, S]`` (input point of each seed). ``decode`` gives boxes.
     """
 
+    Config: ClassVar[type[ModelConfig]] = VoteNetConfig  # its config: keys, types, defaults
+
     def __init__(self, config: dict[str, Any], backbone: nn.Module | None = None) -> None:
         super().__init__()
-        cfg = check_config(config)
+        cfg = VoteNetConfig.resolve(config)
         self.config = cfg
         self.backbone = backbone if backbone is not None else BACKBONES[cfg["backbone"]](cfg)
         self.head = DetectionHead(self.backbone.out_channels, **head_kwargs(cfg))

@@ -93,6 +93,24 @@ class LossConfig(_Strict):
     stress: float = Field(1.0, ge=0)
 
 
+# The architecture a task trains when its model section names none (``model.arch``).
+DEFAULT_ARCH = {
+    "eqgat_diff": "eqgat_diff",
+    "potential": "potential",
+    "pointcloud_classification": "tinvnn",
+    "pointcloud_segmentation": "tinvnn_seg",
+    "detection": "votenet",
+    "scene_segmentation": "apen",
+    "scene_detection_segmentation": "apen_detector",
+}
+
+# Keys of a task's model section that the task reads (loss weights), not the architecture.
+TASK_MODEL_KEYS = {
+    "scene_segmentation": ("seg_weight",),
+    "scene_detection_segmentation": ("det_weight", "vote_weight", "seg_weight"),
+}
+
+
 class ExperimentConfig(_Strict):
     task: Literal[
         "eqgat_diff",
@@ -109,6 +127,11 @@ class ExperimentConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+
+    @property
+    def arch(self) -> str:
+        """The architecture this experiment trains: ``model.arch``, else the task's default."""
+        return str(self.model.get("arch", DEFAULT_ARCH[self.task]))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -137,7 +160,27 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
             node = node.setdefault(part, {})
         node[parts[-1]] = yaml.safe_load(value)
     try:
-        return ExperimentConfig.model_validate(raw)
+        cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(f"field '{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{path}: {problems}") from exc
+    _check_model_section(cfg, path)
+    return cfg
+
+
+def _check_model_section(cfg: ExperimentConfig, path: Path) -> None:
+    """The model section against its architecture's typed config, before any data is read."""
+    from geo3d.checkpoint import CheckpointError
+    from geo3d.models.config import config_problems
+    from geo3d.registry import config_class
+
+    try:
+        schema = config_class(cfg.arch)
+    except CheckpointError as exc:
+        raise ConfigError(f"{path}: field 'model.arch': {exc}") from exc
+    task_keys = ("arch", *TASK_MODEL_KEYS.get(cfg.task, ()))
+    section = {k: v for k, v in cfg.model.items() if k not in task_keys}
+    problems = config_problems(schema, section)
+    if problems:
+        named = "; ".join(f"field 'model{'.' + key if key else ''}': {msg}" for key, msg in problems)
+        raise ConfigError(f"{path}: {named} ({cfg.arch} config)")

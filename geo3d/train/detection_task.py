@@ -65,7 +65,7 @@ class DetectionTask:
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
-        self.arch = cfg.model.get("arch", "votenet")
+        self.arch = cfg.arch
         if self.arch not in ARCHS:
             raise ValueError(f"model.arch: {self.arch!r} is not a detector ({', '.join(ARCHS)})")
         check_scene_keys(cfg, self.arch)
@@ -159,12 +159,12 @@ def check_scene_keys(cfg: ExperimentConfig, arch: str) -> None:
         if key not in _recorded_keys(arch):
             raise ValueError(
                 f"data.{key}: {arch!r} checkpoints cannot record it yet "
-                f"(add {key!r} to METADATA in geo3d/models/{arch}.py)"
+                f"(add {key!r} to the metadata of its config class, geo3d/models/{arch}.py)"
             )
 
 
 def _recorded_keys(arch: str) -> tuple[str, ...]:
-    """Config keys an architecture accepts without using them (its module's ``METADATA``)."""
-    import importlib
+    """Config keys an architecture accepts without using them (its typed config's ``metadata``)."""
+    from geo3d.registry import config_class
 
-    return tuple(getattr(importlib.import_module(f"geo3d.models.{arch}"), "METADATA", ()))
+    return config_class(arch).metadata

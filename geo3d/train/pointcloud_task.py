@@ -41,7 +41,7 @@ class PointCloudClassificationTask:
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
-        self.arch = cfg.model.get("arch", "tinvnn")
+        self.arch = cfg.arch
         if self.arch not in ARCHS:
             raise ValueError(
                 f"model.arch: {self.arch!r} is not a point-cloud classifier ({', '.join(ARCHS)})"
@@ -126,7 +126,7 @@ class PointCloudSegmentationTask(PointCloudClassificationTask):
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
-        self.arch = cfg.model.get("arch", "tinvnn_seg")
+        self.arch = cfg.arch
         if self.arch not in SEG_ARCHS:
             raise ValueError(f"model.arch: {self.arch!r} is not a part segmenter ({', '.join(SEG_ARCHS)})")
 

@@ -51,7 +51,7 @@ class SceneDetectionSegmentationTask(DetectionTask):
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
-        self.arch = cfg.model.get("arch", "apen_detector")
+        self.arch = cfg.arch
         if self.arch not in ARCHS:
             raise ValueError(f"model.arch: {self.arch!r} is not a detector-segmenter ({', '.join(ARCHS)})")
         self.weights = {}

@@ -46,8 +46,7 @@ class SceneSegmentationTask(DetectionTask):
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
-        model = dict(cfg.model)
-        self.arch = model.get("arch", "apen")
+        self.arch = cfg.arch
         if self.arch not in ARCHS:
             raise ValueError(f"model.arch: {self.arch!r} is not a scene segmenter ({', '.join(ARCHS)})")
         check_scene_keys(cfg, self.arch)

@@ -87,17 +87,6 @@ def check_mean_sizes(mean_sizes: Tensor | Sequence[Sequence[float]], num_classes
     return mean
 
 
-def fill_mean_sizes(model: str, cfg: dict) -> None:
-    """Unit boxes for ``cfg["mean_sizes"]`` when it is ``None`` (tasks fill in the training set's means),
-    then the :func:`check_mean_sizes` check; raises ``ValueError`` naming the model and the key."""
-    if cfg["mean_sizes"] is None:
-        cfg["mean_sizes"] = [[1.0, 1.0, 1.0]] * int(cfg["num_classes"])
-    try:
-        check_mean_sizes(cfg["mean_sizes"], int(cfg["num_classes"]))
-    except ValueError as exc:
-        raise ValueError(f"{model} config: 'mean_sizes': {exc}") from exc
-
-
 def split_box_parameters(out: Tensor, num_heading_bins: int, num_classes: int) -> dict[str, Tensor]:
     """The heading, size and class blocks of a proposal output ``out [B, P, 2NH + 5NC]`` by name."""
     nh, nc = num_heading_bins, num_classes

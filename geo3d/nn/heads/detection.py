@@ -32,16 +32,6 @@ from geo3d.ops.boxes import nms_3d
 # ------------------------------------------------------------------ layers
 
 
-def check_proposal_counts(model: str, cfg: dict) -> None:
-    """``num_proposals`` an integer >= 1, ``eval_proposals`` null or one; raises ``ValueError`` naming the key."""
-    for key in ("num_proposals", "eval_proposals"):
-        value = cfg[key]
-        if value is None and key == "eval_proposals":
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{model} config: '{key}' must be an integer >= 1, got {value!r}")
-
-
 def head_kwargs(cfg: dict) -> dict:
     """A detection head's arguments after ``in_channels`` from a model config with the usual keys
     (``num_classes``, ``mean_sizes``, ``num_heading_bins``, ``num_proposals``, ``eval_proposals``,
@@ -102,7 +92,40 @@ def group_proposals(
     return agg_pos, group_nearest(agg_pos, vote_pos, head.vote_k, head.vote_radius)
 
 
-class DetectionHead(nn.Module):
+class VoteGroupingHead(nn.Module):
+    """What VoteNet-style heads share: the box coding sizes, the proposal counts and the vote grouping
+    that :func:`group_proposals` reads (``num_proposals``, ``eval_proposals``, ``vote_radius``,
+    ``vote_k``), and the ``mean_sizes [NC, 3]`` buffer. Subclasses add the layers."""
+
+    heading_span = ""  # how the heading bins cover the circle, for repr
+
+    def __init__(
+        self,
+        num_classes: int,
+        mean_sizes: Tensor | Sequence[Sequence[float]],
+        num_heading_bins: int,
+        num_proposals: int,
+        vote_radius: float,
+        vote_k: int,
+        eval_proposals: int | None,
+    ) -> None:
+        super().__init__()
+        mean = check_mean_sizes(mean_sizes, num_classes)
+        self.num_classes, self.num_heading_bins = int(num_classes), int(num_heading_bins)
+        self.num_proposals = int(num_proposals)
+        self.eval_proposals = self.num_proposals if eval_proposals is None else int(eval_proposals)
+        self.vote_radius, self.vote_k = float(vote_radius), int(vote_k)
+        self.register_buffer("mean_sizes", mean)
+
+    def extra_repr(self) -> str:
+        return (
+            f"classes={self.num_classes}, heading_bins={self.num_heading_bins}{self.heading_span}, "
+            f"proposals={self.num_proposals} (eval {self.eval_proposals}), vote_radius={self.vote_radius}, "
+            f"vote_k={self.vote_k}"
+        )
+
+
+class DetectionHead(VoteGroupingHead):
     """Seeds -> votes -> proposals with box parameters (VoteNet's voting and proposal modules).
 
     Args:
@@ -137,29 +160,15 @@ class DetectionHead(nn.Module):
         width: int = 128,
         eval_proposals: int | None = None,
     ) -> None:
-        super().__init__()
-        mean = check_mean_sizes(mean_sizes, num_classes)
-        self.num_classes, self.num_heading_bins, self.num_proposals = (
-            num_classes,
-            num_heading_bins,
-            num_proposals,
+        super().__init__(
+            num_classes, mean_sizes, num_heading_bins, num_proposals, vote_radius, vote_k, eval_proposals
         )
-        self.eval_proposals = num_proposals if eval_proposals is None else int(eval_proposals)
-        self.vote_radius, self.vote_k = float(vote_radius), int(vote_k)
-        self.register_buffer("mean_sizes", mean)
         self.vote_mlp = PointMLP(in_channels, [in_channels, in_channels])
         self.vote_out = nn.Linear(in_channels, 3 + in_channels)  # offset + feature residual
         self.aggregate = PointMLP(3 + in_channels, [width, width, width])
         self.proposal_mlp = PointMLP(width, [width, width])
         nh, nc = num_heading_bins, num_classes
         self.proposal_out = nn.Linear(width, 2 + 3 + 2 * nh + 4 * nc + nc)
-
-    def extra_repr(self) -> str:
-        return (
-            f"classes={self.num_classes}, heading_bins={self.num_heading_bins}, "
-            f"proposals={self.num_proposals} (eval {self.eval_proposals}), vote_radius={self.vote_radius}, "
-            f"vote_k={self.vote_k}"
-        )
 
     def forward(self, seed_pos: Tensor, seed_feat: Tensor) -> dict[str, Tensor]:
         b, s, _ = seed_pos.shape

@@ -57,11 +57,10 @@ from torch import Tensor, nn
 
 from geo3d.nn.heads.box_coding import (
     angle_to_class,
-    check_mean_sizes,
     most_likely_boxes,
     split_box_parameters,
 )
-from geo3d.nn.heads.detection import group_proposals, select_detections
+from geo3d.nn.heads.detection import VoteGroupingHead, group_proposals, select_detections
 from geo3d.nn.heads.detection_loss import NEAR_THRESHOLD, detection_loss
 from geo3d.nn.heads.point_grouping import PointMLP, gather_points
 
@@ -82,14 +81,6 @@ DETECTOR_METADATA = (
     "object_yaw",
     "score_threshold",
 )
-
-
-def check_heading_frame(model: str, cfg: dict) -> None:
-    """Raises ``ValueError`` naming the model unless ``cfg["heading_frame"]`` is one of :data:`HEADING_FRAMES`."""
-    if cfg["heading_frame"] not in HEADING_FRAMES:
-        raise ValueError(
-            f"{model} config: 'heading_frame' must be one of {HEADING_FRAMES}, got {cfg['heading_frame']!r}"
-        )
 
 
 def horizontal_frame(points: Tensor, centre: Tensor, weight: Tensor) -> Tensor:
@@ -113,7 +104,7 @@ def _wrap(angle: Tensor) -> Tensor:
     return torch.remainder(angle + math.pi, 2 * math.pi) - math.pi
 
 
-class FrameVoteHead(nn.Module):
+class FrameVoteHead(VoteGroupingHead):
     """VoteNet's proposal module on equivariant votes, with headings relative to a per-proposal frame.
 
     Args:
@@ -135,6 +126,8 @@ class FrameVoteHead(nn.Module):
         given, ``seed_axis``.
     """
 
+    heading_span = " (half turn)"
+
     def __init__(
         self,
         in_channels: int,
@@ -147,16 +140,9 @@ class FrameVoteHead(nn.Module):
         width: int = 128,
         eval_proposals: int | None = None,
     ) -> None:
-        super().__init__()
-        mean = check_mean_sizes(mean_sizes, num_classes)
-        self.num_classes, self.num_heading_bins = int(num_classes), int(num_heading_bins)
-        self.num_proposals, self.vote_radius, self.vote_k = (
-            int(num_proposals),
-            float(vote_radius),
-            int(vote_k),
+        super().__init__(
+            num_classes, mean_sizes, num_heading_bins, num_proposals, vote_radius, vote_k, eval_proposals
         )
-        self.eval_proposals = self.num_proposals if eval_proposals is None else int(eval_proposals)
-        self.register_buffer("mean_sizes", mean)
         self.feat_mlp = PointMLP(in_channels, [in_channels])  # VoteNet's vote feature residual
         self.feat_out = nn.Linear(in_channels, in_channels)
         self.aggregate = PointMLP(GEOMETRY + in_channels, [width, width, width])
@@ -164,13 +150,6 @@ class FrameVoteHead(nn.Module):
         self.proposal_mlp = PointMLP(width, [width, width])
         nh, nc = self.num_heading_bins, self.num_classes
         self.proposal_out = nn.Linear(width, 2 + 2 * nh + 4 * nc + nc)
-
-    def extra_repr(self) -> str:
-        return (
-            f"classes={self.num_classes}, heading_bins={self.num_heading_bins} (half turn), "
-            f"proposals={self.num_proposals} (eval {self.eval_proposals}), vote_radius={self.vote_radius}, "
-            f"vote_k={self.vote_k}"
-        )
 
     def forward(
         self,

@@ -6,7 +6,8 @@ TORCH_SPEC ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.geo3d-installed
-NATIVE := $(wildcard cuda_ext/*.cpp cuda_ext/*.h cuda_ext/*.cu cuda_ext/include/geo3d/*.h cuda_ext/cudasim/*.* cuda_ext/cudasim/c10/cuda/*.h)
+# cuda_ext/ops.cpp, one folder per op, common/ headers, the simulator (cudasim/, its build.py included).
+NATIVE := $(wildcard cuda_ext/*.cpp cuda_ext/*/*.cpp cuda_ext/*/*.h cuda_ext/*/*.cu cuda_ext/cudasim/*.py cuda_ext/cudasim/c10/cuda/*.h)
 
 .PHONY: install demo test test-slow lint format bench clean
 

@@ -5,15 +5,27 @@ anyway and runs on the `reference` backend; `geo3d info` says why. The CUDA
 sources are added to geo3d._C only where torch has CUDA and nvcc is found.
 geo3d._cudasim is the same CUDA kernels and launch code built with the C++ compiler
 for the host simulator in cuda_ext/cudasim (the `cudasim` backend of the tests);
-GEO3D_NO_CUDASIM=1 skips it.
+GEO3D_NO_CUDASIM=1 skips it. Both take their source lists from cuda_ext/cudasim/build.py
+(cuda_ext/ops.cpp, then one folder per op, headers in cuda_ext/common).
 """
 
-import glob
 import os
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _native_build():
+    """cuda_ext/cudasim/build.py: the source lists and flags (benchmarks/cudasim_mutations.py uses it too)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "cudasim_build", os.path.join(ROOT, "cuda_ext", "cudasim", "build.py")
+    )
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    return build
 
 
 def _accepts(flag: str) -> bool:
@@ -47,7 +59,8 @@ def _extensions():
     # do not depend on them). GEO3D_PORTABLE_BUILD=1 for a build to copy elsewhere.
     if os.environ.get("GEO3D_PORTABLE_BUILD", "0") != "1" and _accepts("-march=native"):
         cxx.append("-march=native")
-    sources = sorted(glob.glob("cuda_ext/*.cpp"))
+    build = _native_build()
+    sources = ["cuda_ext/ops.cpp", *build.op_sources("cuda_ext", "*.cpp")]
     with_cuda = (
         torch.version.cuda is not None
         and CUDA_HOME is not None
@@ -58,16 +71,16 @@ def _extensions():
         ext = CppExtension(
             "geo3d._C",
             sources,
-            include_dirs=[os.path.join(ROOT, "cuda_ext", "include"), os.path.join(ROOT, "cuda_ext")],
+            include_dirs=[os.path.join(ROOT, "cuda_ext")],
             extra_compile_args={"cxx": cxx},
             extra_link_args=["-fopenmp"],
         )
     else:
-        sources += sorted(glob.glob("cuda_ext/*.cu"))
+        sources += build.op_sources("cuda_ext", "*.cu")
         ext = CUDAExtension(
             "geo3d._C",
             sources,
-            include_dirs=[os.path.join(ROOT, "cuda_ext", "include"), os.path.join(ROOT, "cuda_ext")],
+            include_dirs=[os.path.join(ROOT, "cuda_ext")],
             define_macros=[("GEO3D_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
             extra_link_args=["-fopenmp"],
@@ -75,22 +88,15 @@ def _extensions():
     ext.optional = True  # a failed native build leaves the reference backend, not a failed install
     exts = [ext]
     if os.environ.get("GEO3D_NO_CUDASIM", "0") != "1":
-        exts.append(_cudasim_extension(CppExtension))
+        exts.append(_cudasim_extension(CppExtension, build))
     # GEO3D_NINJA=1: parallel builds (MAX_JOBS) where ninja is installed, e.g. benchmarks/gpu_check.sh.
     use_ninja = os.environ.get("GEO3D_NINJA", "0") == "1"
     return exts, {"build_ext": BuildExtension.with_options(use_ninja=use_ninja)}
 
 
-def _cudasim_extension(CppExtension):
-    import importlib.util
-
+def _cudasim_extension(CppExtension, build):
     # The source list and flags live beside the simulator (benchmarks/cudasim_mutations.py
     # builds mutated copies from the same list).
-    spec = importlib.util.spec_from_file_location(
-        "cudasim_build", os.path.join(ROOT, "cuda_ext", "cudasim", "build.py")
-    )
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
     sources = build.sources(ROOT, os.path.join(ROOT, "build", "cudasim_src"))
     ext = CppExtension(
         "geo3d._cudasim",

@@ -27,9 +27,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TP = "tensor_product_cuda_kernels.cu"
-RG = "radius_graph_cuda_kernels.cu"
-PO = "point_ops_cuda_kernels.cu"
+# Kernel files, relative to cuda_ext/.
+TP = "tensor_product/tensor_product_cuda_kernels.cu"
+RG = "radius_graph/radius_graph_cuda_kernels.cu"
+PO = "point_ops/point_ops_cuda_kernels.cu"
 TP_TESTS = [
     "tests/test_cudasim.py",
     "-k",
@@ -249,7 +250,7 @@ def main() -> None:
             path.write_text(original)
         rows.append((n, m, verdict, detail))
         print(
-            f"{n:2d} {m.file:32s} {m.kind:16s} {verdict:14s} {time.time() - t:5.0f} s  {m.what}", flush=True
+            f"{n:2d} {m.file:46s} {m.kind:16s} {verdict:14s} {time.time() - t:5.0f} s  {m.what}", flush=True
         )
     # Control: the same pipeline on the restored copy must pass again (a mutation "caught"
     # because the build or the library load broke would show here).

@@ -3,7 +3,7 @@
 // (geo3d/ops), so the ops work with torch.compile and torch.library.opcheck.
 #include <torch/extension.h>
 
-#include "op_schemas.h"
+#include "common/op_schemas.h"
 
 TORCH_LIBRARY(geo3d, m) { geo3d::define_ops(m); }
 

@@ -1,6 +1,6 @@
 """CUDA backend of the radius graph.
 
-Without a GPU (CI): every ``cuda_ext/*.cu`` must compile with nvcc, and the
+Without a GPU (CI): every op's ``cuda_ext/<op>/*.cu`` must compile with nvcc, and the
 radius-graph kernels must contain no fused multiply-add (their exactness
 against the CPU backend rests on that). With a GPU and the CUDA build of
 ``geo3d._C`` (``-m cuda``): the ``cuda`` backend must return exactly the ``cpu``
@@ -23,7 +23,8 @@ from geo3d.ops import backend_status, radius_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_EXT = ROOT / "cuda_ext"
-CU_SOURCES = sorted(CUDA_EXT.glob("*.cu"))
+# The kernels of every op folder (cudasim/ holds the simulator's own test kernels).
+CU_SOURCES = sorted(p for p in CUDA_EXT.glob("*/*.cu") if p.parent.name != "cudasim")
 NVCC = shutil.which("nvcc")
 # One architecture keeps a compile to seconds; every nvcc since CUDA 11.0 knows sm_80.
 NVCC_FLAGS = [
@@ -31,8 +32,6 @@ NVCC_FLAGS = [
     "-O3",
     "--use_fast_math",
     "-arch=sm_80",
-    "-I",
-    str(CUDA_EXT / "include"),
     "-I",
     str(CUDA_EXT),
 ]
@@ -53,9 +52,10 @@ def test_there_are_cuda_sources():
 
 
 def test_native_sources_have_distinct_base_names():
-    # setuptools names objects by base name: x.cpp and x.cu would both become
-    # x.o, and one of them would silently be left out of the CUDA build.
-    stems = [p.stem for p in CUDA_EXT.iterdir() if p.suffix in (".cpp", ".cu")]
+    # setuptools names objects by path without the suffix: x.cpp and x.cu in one folder
+    # would both become x.o, and one of them would silently be left out of the CUDA build;
+    # the simulator's build wraps each .cu file in a C++ file named by its base name.
+    stems = [p.stem for p in CUDA_EXT.rglob("*") if p.suffix in (".cpp", ".cu")]
     assert len(stems) == len(set(stems)), f"clashing object names in {CUDA_EXT}: {sorted(stems)}"
 
 
@@ -71,7 +71,7 @@ def test_radius_graph_kernels_do_not_fuse(tmp_path: Path):
     # rounding can move a point to another bin or flip a test at the cutoff,
     # and the CUDA edges would stop matching the CPU's. The kernels use mul_rn.
     ptx = tmp_path / "radius_graph_cuda_kernels.ptx"
-    _nvcc(["-ptx", str(CUDA_EXT / "radius_graph_cuda_kernels.cu"), "-o", str(ptx)])
+    _nvcc(["-ptx", str(CUDA_EXT / "radius_graph" / "radius_graph_cuda_kernels.cu"), "-o", str(ptx)])
     fused = sorted(set(re.findall(r"\bfma\.\S+", ptx.read_text())))
     assert not fused, f"FMA instructions in the radius-graph kernels: {fused}"
 

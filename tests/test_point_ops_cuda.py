@@ -1,11 +1,11 @@
-"""CUDA backend of knn_graph and fps (cuda_ext/point_ops_cuda*.{h,cpp,cu}).
+"""CUDA backend of knn_graph and fps (cuda_ext/point_ops/point_ops_cuda*.{h,cpp,cu}).
 
 Contract: the ``cuda`` backend returns exactly the ``cpu`` backend's indices, in the
 same order (ties included), for every batch, k, loop flag and dtype.
 
 Without a GPU:
 - the kernels' file must carry no double-precision FMA (its exact distances rest on that);
-- host emulation: the kernels' per-thread logic (geo3d/point_ops_core.h: the kNN tile
+- host emulation: the kernels' per-thread logic (point_ops/point_ops_core.h: the kNN tile
   scan with its float prefilter and top-k lists, the FPS update and the pick used by the
   warp reductions) is compiled with g++ into a small library that replays the kernels'
   schedule (blocks and threads from the same plan, 256-point tiles, the shuffle-down
@@ -43,8 +43,8 @@ needs_cuda = pytest.mark.skipif(not CUDA_OK, reason=f"cuda backend not available
 def test_point_ops_kernels_have_no_double_fma(tmp_path: Path):
     # The float prefilter uses fmaf on purpose; every double product must be mul.rn.
     ptx = tmp_path / "point_ops.ptx"
-    cmd = [NVCC, "-std=c++17", "-O3", "--use_fast_math", "-arch=sm_80", "-I", str(CUDA_EXT / "include")]
-    cmd += ["-I", str(CUDA_EXT), "-ptx", str(CUDA_EXT / "point_ops_cuda_kernels.cu"), "-o", str(ptx)]
+    cmd = [NVCC, "-std=c++17", "-O3", "--use_fast_math", "-arch=sm_80", "-I", str(CUDA_EXT)]
+    cmd += ["-ptx", str(CUDA_EXT / "point_ops" / "point_ops_cuda_kernels.cu"), "-o", str(ptx)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
     text = ptx.read_text()
@@ -62,7 +62,7 @@ EMULATION_SOURCE = r"""
 
 #include <vector>
 
-#include "geo3d/point_ops_core.h"
+#include "point_ops/point_ops_core.h"
 
 using namespace geo3d::pointops;
 
@@ -229,7 +229,7 @@ def emu(tmp_path_factory):
     src.write_text(EMULATION_SOURCE)
     # -ffp-contract=off as setup.py builds the CPU op: host products are not fused either.
     cmd = [CXX, "-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-Werror", "-Wno-unknown-pragmas"]
-    cmd += ["-shared", "-fPIC", "-I", str(CUDA_EXT / "include"), str(src), "-o", str(lib)]
+    cmd += ["-shared", "-fPIC", "-I", str(CUDA_EXT), str(src), "-o", str(lib)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
     handle = ctypes.CDLL(str(lib))

@@ -463,7 +463,7 @@ def test_path_table_layout_is_the_one_the_cpp_kernels_read():
 
     from geo3d.ops import tp_tables
 
-    header = (Path(__file__).parents[1] / "cuda_ext/include/geo3d/tensor_product_core.h").read_text()
+    header = (Path(__file__).parents[1] / "cuda_ext/tensor_product/tensor_product_core.h").read_text()
     fields = re.search(r"enum PathField : int \{(.*?)\};", header, re.S).group(1)
     names = [f.strip().split("=")[0].strip() for f in fields.split(",") if f.strip()]
     python = ["MODE", "L1", "L2", "L3", "MUL1", "MUL2", "MUL_OUT", "OFF1", "OFF2", "OFF_OUT", "W_OFF"]

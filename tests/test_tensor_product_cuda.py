@@ -1,4 +1,4 @@
-"""CUDA backend of the tensor-product ops (cuda_ext/tensor_product_cuda*.{cpp,cu}).
+"""CUDA backend of the tensor-product ops (cuda_ext/tensor_product/tensor_product_cuda*.{cpp,cu}).
 
 Needs a GPU and the CUDA build of ``geo3d._C``; skipped otherwise. The raw ops
 (``torch.ops.geo3d.tp_*``) must match the cpu backend's for any path set (shared

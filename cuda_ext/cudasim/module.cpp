@@ -6,7 +6,7 @@
 
 #include <string>
 
-#include "../op_schemas.h"
+#include "common/op_schemas.h"
 #include "c10/cuda/CUDAException.h"
 #include "cudasim.h"
 #include "selftest.h"

@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "../cuda_compat.h"
+#include "common/cuda_compat.h"
 #include "selftest.h"
 
 namespace cudasim {

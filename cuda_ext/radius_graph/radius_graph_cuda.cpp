@@ -11,10 +11,10 @@
 #include <cstring>
 #include <vector>
 
-#include "cuda_binding.h"
-#include "float_dispatch.h"
-#include "radius_graph_common.h"
-#include "radius_graph_cuda.h"
+#include "common/cuda_binding.h"
+#include "common/float_dispatch.h"
+#include "radius_graph/radius_graph_checks.h"
+#include "radius_graph/radius_graph_cuda.h"
 
 namespace geo3d {
 namespace {

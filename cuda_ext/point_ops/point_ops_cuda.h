@@ -2,7 +2,7 @@
 // torch-free launchers.
 //
 // The binding (point_ops_cuda.cpp) checks the inputs, plans on the host with
-// plan_knn() / plan_fps_graphs() (geo3d/point_ops_core.h; the batch's ptr is
+// plan_knn() / plan_fps_graphs() (point_ops_core.h; the batch's ptr is
 // a CPU tensor, so sizes and the output size are known without a device sync), copies
 // the plan to the device, allocates the outputs and scratch, and calls these on its
 // current stream. They only run kernels and return the first CUDA error; no exceptions.
@@ -12,7 +12,7 @@
 
 #include <cstdint>
 
-#include "geo3d/point_ops_core.h"
+#include "point_ops/point_ops_core.h"
 
 namespace geo3d {
 namespace cuda {

@@ -27,10 +27,10 @@
 #include <omp.h>
 #endif
 
-#include "float_dispatch.h"
-#include "geo3d/radius_graph_core.h"
-#include "host_output.h"
-#include "radius_graph_common.h"
+#include "common/float_dispatch.h"
+#include "common/host_output.h"
+#include "radius_graph/radius_graph_checks.h"
+#include "radius_graph/radius_graph_core.h"
 
 namespace geo3d {
 namespace {

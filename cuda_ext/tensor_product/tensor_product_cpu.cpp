@@ -1,6 +1,6 @@
 // CPU tensor product and fused tensor-product convolution (forward and backward), OpenMP.
 //
-// The maths of one row lives in geo3d/tensor_product_core.h; this file checks the
+// The maths of one row lives in tensor_product_core.h; this file checks the
 // inputs, converts the plan tables, transposes node features to the channel-inner
 // layout once, and distributes rows over threads. Every output element is written
 // by exactly one thread in a fixed order, so results are deterministic and do not
@@ -26,9 +26,9 @@
 // Fused multiply-adds for the tensor-product loops (the build turns contraction off for
 // the radius graph, whose exactness across CPU and CUDA depends on it; nothing here does).
 #pragma GCC optimize("fp-contract=fast")
-#include "float_dispatch.h"
-#include "geo3d/tensor_product_core.h"
-#include "tensor_product_common.h"
+#include "common/float_dispatch.h"
+#include "tensor_product/tensor_product_checks.h"
+#include "tensor_product/tensor_product_core.h"
 
 namespace geo3d {
 namespace {
@@ -41,7 +41,7 @@ using tp::Scratch;
 // depends on the thread count.
 constexpr int64_t kWeightBlocks = 16;
 
-// Every tensor of the CPU binding on the CPU (see tensor_product_common.h).
+// Every tensor of the CPU binding on the CPU (see tensor_product_checks.h).
 const tp_tables::Placement kOnCpu = std::nullopt;
 using tp_tables::check_weights;
 using tp_tables::make_plan;

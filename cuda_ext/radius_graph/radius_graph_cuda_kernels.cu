@@ -5,8 +5,8 @@
 // to the CPU op, and with them the edge list and its order.
 #include <cmath>
 
-#include "radius_graph_cuda.h"
-#include "cuda_compat.h"
+#include "radius_graph/radius_graph_cuda.h"
+#include "common/cuda_compat.h"
 
 namespace geo3d {
 namespace cuda {

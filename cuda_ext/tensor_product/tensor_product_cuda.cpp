@@ -20,11 +20,11 @@
 #include <utility>
 #include <vector>
 
-#include "cuda_binding.h"
-#include "float_dispatch.h"
-#include "geo3d/tensor_product_core.h"
-#include "tensor_product_common.h"
-#include "tensor_product_cuda.h"
+#include "common/cuda_binding.h"
+#include "common/float_dispatch.h"
+#include "tensor_product/tensor_product_checks.h"
+#include "tensor_product/tensor_product_core.h"
+#include "tensor_product/tensor_product_cuda.h"
 
 namespace geo3d {
 namespace {

@@ -1,5 +1,5 @@
 // CUDA k-nearest-neighbour graph and farthest-point sampling. The per-thread logic is
-// in geo3d/point_ops_core.h (shared with a host build that the tests check against
+// in point_ops_core.h (shared with a host build that the tests check against
 // the CPU op); this file adds what only a GPU has: tiles in shared memory, barriers,
 // warp shuffles, launches.
 //
@@ -35,8 +35,8 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "point_ops_cuda.h"
-#include "cuda_compat.h"
+#include "point_ops/point_ops_cuda.h"
+#include "common/cuda_compat.h"
 
 namespace geo3d {
 namespace cuda {

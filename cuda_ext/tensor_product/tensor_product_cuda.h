@@ -1,7 +1,7 @@
 // CUDA tensor product and fused tensor-product convolution (tensor_product_cuda_kernels.cu),
 // behind torch-free launchers.
 //
-// The maths is that of geo3d/tensor_product_core.h, row for row. The binding
+// The maths is that of tensor_product_core.h, row for row. The binding
 // (tensor_product_cuda.cpp) builds a host tp::Plan from the tables of
 // geo3d/o3/tp_plan.py, turns it into the device tables below (make_tables, pack_tables:
 // one byte blob, copied to the device in one go), builds the edge CSR on the device,
@@ -24,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "geo3d/tensor_product_core.h"
+#include "tensor_product/tensor_product_core.h"
 
 namespace geo3d {
 namespace cuda {

@@ -12,10 +12,10 @@
 #include <limits>
 #include <vector>
 
-#include "cuda_binding.h"
-#include "float_dispatch.h"
-#include "point_ops_common.h"
-#include "point_ops_cuda.h"
+#include "common/cuda_binding.h"
+#include "common/float_dispatch.h"
+#include "point_ops/point_ops_checks.h"
+#include "point_ops/point_ops_cuda.h"
 
 namespace geo3d {
 namespace {

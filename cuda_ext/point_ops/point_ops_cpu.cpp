@@ -20,8 +20,8 @@
 #include <omp.h>
 #endif
 
-#include "float_dispatch.h"
-#include "point_ops_common.h"
+#include "common/float_dispatch.h"
+#include "point_ops/point_ops_checks.h"
 
 namespace geo3d {
 namespace {

@@ -15,7 +15,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "geo3d/radius_graph_core.h"  // G3D_HD, mul_rn
+#include "common/host_device.h"  // G3D_HD, mul_rn
 
 namespace geo3d {
 namespace pointops {
@@ -268,7 +268,7 @@ struct FpsGraph {
   int64_t out;    // where its picks start in the output
 };
 
-// Graphs with m > 0; counts/start already validated (point_ops_common.h).
+// Graphs with m > 0; counts/start already validated (point_ops_checks.h).
 inline int64_t plan_fps_graphs(const int64_t* ptr, const int64_t* counts, const int64_t* start,
                                int64_t num_graphs, std::vector<FpsGraph>& graphs, int64_t* max_points) {
   graphs.clear();

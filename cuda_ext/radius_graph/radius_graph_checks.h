@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <limits>
 
-#include "geo3d/radius_graph_core.h"
+#include "radius_graph/radius_graph_core.h"
 
 namespace geo3d {
 

@@ -12,7 +12,7 @@
 #include <limits>
 #include <optional>
 
-#include "geo3d/tensor_product_core.h"
+#include "tensor_product/tensor_product_core.h"
 
 namespace geo3d {
 namespace tp_tables {

@@ -1,5 +1,5 @@
 // CUDA tensor product and fused tensor-product convolution, forward and backward: the
-// maths of geo3d/tensor_product_core.h (row_forward, row_backward), one warp per row.
+// maths of tensor_product_core.h (row_forward, row_backward), one warp per row.
 //
 // Layout on the device. Node features, outputs and gradients stay in e3nn's layout
 // (per irrep block [mul][2l+1]); a warp stages its rows in its work space and lane c
@@ -16,8 +16,8 @@
 // lane gets the same bits). No atomics. Shared weights: each unit (a fixed block of
 // items, fixed by the sizes only) is done by one warp into its own [nw] buffer, and
 // reduce_units_kernel sums the units in index order.
-#include "tensor_product_cuda.h"
-#include "cuda_compat.h"
+#include "tensor_product/tensor_product_cuda.h"
+#include "common/cuda_compat.h"
 
 namespace geo3d {
 namespace cuda {

@@ -16,7 +16,7 @@
 
 #include <cstdint>
 
-#include "geo3d/radius_graph_core.h"
+#include "radius_graph/radius_graph_core.h"
 
 namespace geo3d {
 namespace cuda {

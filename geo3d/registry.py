@@ -15,13 +15,15 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from geo3d.checkpoint import CheckpointError, load_checkpoint
-from geo3d.models.config import ModelConfig
+
+if TYPE_CHECKING:  # the configs import pydantic; the registry is loaded by every front door
+    from geo3d.models.config import ModelConfig
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 

@@ -14,7 +14,7 @@ from torch_geometric.data import Batch, Data
 from geo3d.metrics.detection import eval_det, voc_ap
 from geo3d.models.votenet import Seeds, VoteNet
 from geo3d.nn.heads.box_coding import angle_to_class, decode_boxes, encode_boxes
-from geo3d.nn.heads.detection import DetectionHead, decode_detections
+from geo3d.nn.heads.detection import DetectionHead, VoteHeadSpec, decode_detections
 from geo3d.nn.heads.detection_loss import detection_loss
 from geo3d.nn.heads.frame_detection import FrameVoteHead
 from geo3d.ops.boxes import box3d_iou, box3d_iou_matrix, nms_3d, points_in_boxes
@@ -550,14 +550,14 @@ def test_head_takes_any_backbone():
     model = VoteNet(TINY, backbone=_CentroidBackbone())
     out = model(batch)
     assert out["seed_pos"].shape == (2, len(batch.pos) // 2, 3) and out["center"].shape == (2, 16, 3)
-    head = DetectionHead(16, 3, TINY["mean_sizes"], num_proposals=8)
+    head = DetectionHead(16, VoteHeadSpec(3, TINY["mean_sizes"], num_proposals=8))
     assert head(out["seed_pos"], torch.randn(2, out["seed_pos"].shape[1], 16))["sem_logits"].shape == (
         2,
         8,
         3,
     )
     with pytest.raises(ValueError, match="mean_sizes"):
-        DetectionHead(16, 4, TINY["mean_sizes"])
+        DetectionHead(16, VoteHeadSpec(4, TINY["mean_sizes"]))
 
 
 def test_detection_task_on_rooms():
@@ -589,8 +589,8 @@ def test_eval_mode_samples_eval_proposals():
     g = torch.Generator().manual_seed(0)
     pos, feat = torch.rand(2, 300, 3, generator=g), torch.randn(2, 300, 16, generator=g)
     heads = [
-        DetectionHead(16, 3, [[1.0, 1.0, 1.0]] * 3, num_proposals=8, eval_proposals=40),
-        FrameVoteHead(16, 3, [[1.0, 1.0, 1.0]] * 3, num_proposals=8, eval_proposals=40),
+        DetectionHead(16, VoteHeadSpec(3, [[1.0, 1.0, 1.0]] * 3, num_proposals=8, eval_proposals=40)),
+        FrameVoteHead(16, VoteHeadSpec(3, [[1.0, 1.0, 1.0]] * 3, num_proposals=8, eval_proposals=40)),
     ]
     for head in heads:
         args = (pos, feat) if isinstance(head, DetectionHead) else (pos, feat, pos + 0.01)

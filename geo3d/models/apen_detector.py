@@ -49,7 +49,7 @@ from typing_extensions import Self
 
 from geo3d.models.apen import APEN, APENConfig
 from geo3d.models.config import FrameDetectionHeadConfig, ModelConfig, PositiveInt
-from geo3d.nn.heads.detection import head_kwargs
+from geo3d.nn.heads.detection import VoteHeadSpec
 from geo3d.nn.heads.frame_detection import FrameVoteHead, decode_frame_detections
 
 
@@ -120,7 +120,7 @@ class APENDetector(nn.Module):
         self.config = cfg
         self.num_seeds = cfg["num_seeds"]
         self.backbone = APEN(cfg["backbone"])
-        self.head = FrameVoteHead(self.backbone.feat_dim, **head_kwargs(cfg))
+        self.head = FrameVoteHead(self.backbone.feat_dim, VoteHeadSpec.from_config(cfg))
 
     @property
     def mean_sizes(self) -> Tensor:

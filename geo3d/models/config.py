@@ -17,8 +17,6 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 from typing_extensions import Self
 
-from geo3d.nn.heads.frame_detection import DETECTOR_METADATA, HEADING_FRAMES
-
 # Counts and widths: an integer (not a bool, not 2.0) of at least 1 / 0.
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
@@ -26,6 +24,19 @@ NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 
 # Keys the shape tasks record in a checkpoint's config (the training data's options), unused by the network.
 SHAPE_METADATA = ("train_rotation", "num_points", "arch", "difficulty")
+
+# Keys the training task records in a frame-relative Rooms detector's checkpoint (apen_detector,
+# vn_detector) that the network does not use; score_threshold is calibrated on validation scenes
+# (geo3d.apps.detect.calibrate_score_threshold) and read by geo3d detect.
+DETECTOR_METADATA = (
+    "arch",
+    "num_points",
+    "train_rotation",
+    "class_names",
+    "occlusion",
+    "object_yaw",
+    "score_threshold",
+)
 
 
 class ModelConfigError(ValueError):
@@ -126,7 +137,7 @@ def _fields_at(cls: type[BaseModel], where: str) -> list[str]:
 
 
 class DetectionHeadConfig(ModelConfig):
-    """The keys every vote-and-group detection head reads (:func:`geo3d.nn.heads.detection.head_kwargs`)."""
+    """The keys every vote-and-group detection head reads (:class:`geo3d.nn.heads.detection.VoteHeadSpec`)."""
 
     num_classes: PositiveInt = 8
     # [num_classes, 3]; None: unit boxes (the training task fills in the training set's means)
@@ -159,4 +170,4 @@ class FrameDetectionHeadConfig(DetectionHeadConfig):
     metadata: ClassVar[tuple[str, ...]] = DETECTOR_METADATA
 
     # per-proposal heading frame: "pca" (the grouped seeds' principal axis) or "learned" (seed axes)
-    heading_frame: Literal[HEADING_FRAMES] = "pca"
+    heading_frame: Literal["learned", "pca"] = "pca"

@@ -52,7 +52,7 @@ from typing_extensions import Self
 
 from geo3d.models.config import FrameDetectionHeadConfig, ModelConfig, PositiveInt
 from geo3d.models.votenet import abstraction_levels, ball_group, check_levels, interpolate, scene_ptr
-from geo3d.nn.heads.detection import head_kwargs
+from geo3d.nn.heads.detection import VoteHeadSpec
 from geo3d.nn.heads.frame_detection import FrameVoteHead, decode_frame_detections
 from geo3d.nn.heads.point_grouping import PointMLP
 from geo3d.nn.vector_neurons import VNInvariant, VNLinear, VNLinearBNLeakyReLU, VNMaxPool
@@ -164,7 +164,7 @@ class VNDetector(nn.Module):
         self.vote = nn.Sequential(VNLinearBNLeakyReLU(c, c, norm=NORM), VNLinear(c, 1 + self.learned_frame))
         self.invariant = VNInvariant(c, norm=NORM)
         self.feat = PointMLP(3 * c, [int(cfg["feat_width"])])
-        self.head = FrameVoteHead(int(cfg["feat_width"]), **head_kwargs(cfg))
+        self.head = FrameVoteHead(int(cfg["feat_width"]), VoteHeadSpec.from_config(cfg))
 
     @property
     def mean_sizes(self) -> Tensor:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from typing_extensions import Self
 
 from geo3d.models.config import DetectionHeadConfig, ModelConfig, PositiveInt
-from geo3d.nn.heads.detection import DetectionHead, head_kwargs
+from geo3d.nn.heads.detection import DetectionHead, VoteHeadSpec
 from geo3d.nn.heads.point_grouping import PointMLP, canonical_fps, gather_points
 from geo3d.ops.point_ops import knn_graph
 
@@ -241,7 +241,7 @@ class VoteNet(nn.Module):
         cfg = VoteNetConfig.resolve(config)
         self.config = cfg
         self.backbone = backbone if backbone is not None else BACKBONES[cfg["backbone"]](cfg)
-        self.head = DetectionHead(self.backbone.out_channels, **head_kwargs(cfg))
+        self.head = DetectionHead(self.backbone.out_channels, VoteHeadSpec.from_config(cfg))
 
     @property
     def mean_sizes(self) -> Tensor:

@@ -3,7 +3,7 @@
 Both ops are ``torch.library.custom_op``s over a plan's tables (``TPPlan.tables``)
 with fake (meta) kernels, so they run under ``torch.compile(fullgraph=True)`` and
 pass ``torch.library.opcheck``. Backends: ``reference`` (plain torch below, the
-oracle), ``cpu`` (cuda_ext/tensor_product_cpu.cpp); picked per call as for every
+oracle), ``cpu`` (cuda_ext/tensor_product/tensor_product_cpu.cpp); picked per call as for every
 geo3d op (``backend=`` > ``$GEO3D_TP_BACKEND`` > fastest available).
 
 Derivatives. The tensor product is trilinear in ``(x1, x2, w)``, so with

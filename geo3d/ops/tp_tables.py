@@ -1,6 +1,6 @@
 """The layout of the tensor-product tables the kernels read: one place on the Python side.
 
-``cuda_ext/include/geo3d/tensor_product_core.h`` declares the same columns and
+``cuda_ext/tensor_product/tensor_product_core.h`` declares the same columns and
 mode codes for C++ and CUDA (``tests/test_tensor_product.py`` checks that the two
 agree). :mod:`geo3d.o3.tp_plan` fills the tables from e3nn-style instructions;
 the ops here only read them.

@@ -16,7 +16,9 @@ with a translation of the seeds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,20 +34,32 @@ from geo3d.ops.boxes import nms_3d
 # ------------------------------------------------------------------ layers
 
 
-def head_kwargs(cfg: dict) -> dict:
-    """A detection head's arguments after ``in_channels`` from a model config with the usual keys
-    (``num_classes``, ``mean_sizes``, ``num_heading_bins``, ``num_proposals``, ``eval_proposals``,
-    ``vote_radius``, ``vote_k``, ``head_width``), for :class:`DetectionHead` and its frame-relative twin."""
-    return {
-        "num_classes": cfg["num_classes"],
-        "mean_sizes": cfg["mean_sizes"],
-        "num_heading_bins": cfg["num_heading_bins"],
-        "num_proposals": cfg["num_proposals"],
-        "vote_radius": cfg["vote_radius"],
-        "vote_k": cfg["vote_k"],
-        "width": cfg["head_width"],
-        "eval_proposals": cfg["eval_proposals"],
-    }
+@dataclass(frozen=True)
+class VoteHeadSpec:
+    """The sizes of a vote-and-group head (:class:`DetectionHead`, its frame-relative twin).
+
+    ``num_classes`` object (and size) classes ``NC``; ``mean_sizes [NC, 3]`` mean box size per
+    class (a buffer); ``num_heading_bins`` ``NH``; ``num_proposals`` ``P`` votes sampled as
+    proposal centres in training and ``eval_proposals`` in eval mode (None: ``num_proposals``;
+    :func:`proposal_count`); ``vote_radius``, ``vote_k``: the vote grouping; ``width``: hidden
+    width of the aggregation and proposal MLPs. Defaults are those of
+    :class:`geo3d.models.config.DetectionHeadConfig`.
+    """
+
+    num_classes: int
+    mean_sizes: Tensor | Sequence[Sequence[float]]
+    num_heading_bins: int = 12
+    num_proposals: int = 64
+    vote_radius: float = 0.3
+    vote_k: int = 32
+    width: int = 128
+    eval_proposals: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> VoteHeadSpec:
+        """From a resolved model config with the head keys (``head_width`` is ``width``)."""
+        keys = ("num_classes", "mean_sizes", "num_heading_bins", "num_proposals", "vote_radius", "vote_k")
+        return cls(**{k: cfg[k] for k in keys}, width=cfg["head_width"], eval_proposals=cfg["eval_proposals"])
 
 
 def proposal_count(head: nn.Module, num_seeds: int) -> int:
@@ -99,23 +113,13 @@ class VoteGroupingHead(nn.Module):
 
     heading_span = ""  # how the heading bins cover the circle, for repr
 
-    def __init__(
-        self,
-        num_classes: int,
-        mean_sizes: Tensor | Sequence[Sequence[float]],
-        num_heading_bins: int,
-        num_proposals: int,
-        vote_radius: float,
-        vote_k: int,
-        eval_proposals: int | None,
-    ) -> None:
+    def __init__(self, spec: VoteHeadSpec) -> None:
         super().__init__()
-        mean = check_mean_sizes(mean_sizes, num_classes)
-        self.num_classes, self.num_heading_bins = int(num_classes), int(num_heading_bins)
-        self.num_proposals = int(num_proposals)
-        self.eval_proposals = self.num_proposals if eval_proposals is None else int(eval_proposals)
-        self.vote_radius, self.vote_k = float(vote_radius), int(vote_k)
-        self.register_buffer("mean_sizes", mean)
+        self.num_classes, self.num_heading_bins = int(spec.num_classes), int(spec.num_heading_bins)
+        self.num_proposals = int(spec.num_proposals)
+        self.eval_proposals = self.num_proposals if spec.eval_proposals is None else int(spec.eval_proposals)
+        self.vote_radius, self.vote_k = float(spec.vote_radius), int(spec.vote_k)
+        self.register_buffer("mean_sizes", check_mean_sizes(spec.mean_sizes, spec.num_classes))
 
     def extra_repr(self) -> str:
         return (
@@ -130,14 +134,7 @@ class DetectionHead(VoteGroupingHead):
 
     Args:
         in_channels: seed feature width ``C``.
-        num_classes: object classes ``NC`` (also the size classes).
-        mean_sizes: ``[NC, 3]`` mean box size per class (a buffer).
-        num_heading_bins: ``NH`` (default 12).
-        num_proposals: ``P`` votes sampled as proposal centres (default 128).
-        vote_radius, vote_k: vote grouping (default 0.3, 16).
-        width: hidden width of the aggregation and proposal MLPs (default 128).
-        eval_proposals: ``P`` in eval mode (default: ``num_proposals``); see
-            :func:`proposal_count`.
+        spec: the sizes (:class:`VoteHeadSpec`).
 
     Shapes:
         forward(seed_pos ``[B, S, 3]``, seed_feat ``[B, S, C]``) -> dict with
@@ -148,26 +145,14 @@ class DetectionHead(VoteGroupingHead):
         normalised as in :func:`encode_boxes`).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        mean_sizes: Tensor | Sequence[Sequence[float]],
-        num_heading_bins: int = 12,
-        num_proposals: int = 128,
-        vote_radius: float = 0.3,
-        vote_k: int = 16,
-        width: int = 128,
-        eval_proposals: int | None = None,
-    ) -> None:
-        super().__init__(
-            num_classes, mean_sizes, num_heading_bins, num_proposals, vote_radius, vote_k, eval_proposals
-        )
+    def __init__(self, in_channels: int, spec: VoteHeadSpec) -> None:
+        super().__init__(spec)
+        width = int(spec.width)
         self.vote_mlp = PointMLP(in_channels, [in_channels, in_channels])
         self.vote_out = nn.Linear(in_channels, 3 + in_channels)  # offset + feature residual
         self.aggregate = PointMLP(3 + in_channels, [width, width, width])
         self.proposal_mlp = PointMLP(width, [width, width])
-        nh, nc = num_heading_bins, num_classes
+        nh, nc = self.num_heading_bins, self.num_classes
         self.proposal_out = nn.Linear(width, 2 + 3 + 2 * nh + 4 * nc + nc)
 
     def forward(self, seed_pos: Tensor, seed_feat: Tensor) -> dict[str, Tensor]:

@@ -60,27 +60,12 @@ from geo3d.nn.heads.box_coding import (
     most_likely_boxes,
     split_box_parameters,
 )
-from geo3d.nn.heads.detection import VoteGroupingHead, group_proposals, select_detections
+from geo3d.nn.heads.detection import VoteGroupingHead, VoteHeadSpec, group_proposals, select_detections
 from geo3d.nn.heads.detection_loss import NEAR_THRESHOLD, detection_loss
 from geo3d.nn.heads.point_grouping import PointMLP, gather_points
 
 GEOMETRY = 5  # per grouped vote: distance to the proposal centre, |u_x|, |u_y|, u_x u_y, u_z
-HEADING_FRAMES = ("learned", "pca")  # per-proposal frame: the seeds' learned axes, or their PCA axis
 AXIS_WEIGHT = 10.0  # of frame_axis_loss in frame_detection_loss: as the vote term (10 x L1 metres)
-
-
-# Config keys the training task records in a frame-relative Rooms detector's checkpoint (apen_detector,
-# vn_detector) that the network does not use; score_threshold is calibrated on validation scenes
-# (geo3d.apps.detect.calibrate_score_threshold) and read by geo3d detect.
-DETECTOR_METADATA = (
-    "arch",
-    "num_points",
-    "train_rotation",
-    "class_names",
-    "occlusion",
-    "object_yaw",
-    "score_threshold",
-)
 
 
 def horizontal_frame(points: Tensor, centre: Tensor, weight: Tensor) -> Tensor:
@@ -109,14 +94,8 @@ class FrameVoteHead(VoteGroupingHead):
 
     Args:
         in_channels: seed feature width ``C`` (invariant features).
-        num_classes: object classes ``NC`` (also the size classes).
-        mean_sizes: ``[NC, 3]`` mean box size per class (a buffer).
-        num_heading_bins: ``NH`` bins of the relative heading over ``[0, pi)`` (default 12).
-        num_proposals: ``P`` votes sampled as proposal centres (default 64).
-        vote_radius, vote_k: grouping of the votes (default 0.3, 32).
-        width: hidden width of the aggregation and proposal MLPs (default 128).
-        eval_proposals: ``P`` in eval mode (default: ``num_proposals``; see
-            :func:`~geo3d.nn.heads.detection.proposal_count`).
+        spec: the sizes (:class:`~geo3d.nn.heads.detection.VoteHeadSpec`); the ``NH`` heading
+            bins cover the relative heading over ``[0, pi)``.
 
     Shapes:
         forward(seed_pos ``[B, S, 3]``, seed_feat ``[B, S, C]``, seed_vote ``[B, S, 3]``,
@@ -128,21 +107,9 @@ class FrameVoteHead(VoteGroupingHead):
 
     heading_span = " (half turn)"
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        mean_sizes: Tensor | Sequence[Sequence[float]],
-        num_heading_bins: int = 12,
-        num_proposals: int = 64,
-        vote_radius: float = 0.3,
-        vote_k: int = 32,
-        width: int = 128,
-        eval_proposals: int | None = None,
-    ) -> None:
-        super().__init__(
-            num_classes, mean_sizes, num_heading_bins, num_proposals, vote_radius, vote_k, eval_proposals
-        )
+    def __init__(self, in_channels: int, spec: VoteHeadSpec) -> None:
+        super().__init__(spec)
+        width = int(spec.width)
         self.feat_mlp = PointMLP(in_channels, [in_channels])  # VoteNet's vote feature residual
         self.feat_out = nn.Linear(in_channels, in_channels)
         self.aggregate = PointMLP(GEOMETRY + in_channels, [width, width, width])

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from report import write_section  # noqa: E402
 from torch_geometric.data import Data  # noqa: E402
 
 from geo3d.apps.detect import calibrate_score_threshold, calibrated_score_threshold, detect, fit_points  # noqa: E402
@@ -156,7 +157,7 @@ def probe_rows(name: str, overrides: dict) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calibrate", action="store_true", help="refit and write the shipped score thresholds")
-    ap.add_argument("--out", type=Path, help="also write the report to this file")
+    ap.add_argument("--out", type=Path, help="write the section into this markdown page (its markers)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     lines = [
@@ -176,7 +177,7 @@ def main() -> None:
     report = "\n".join(lines)
     print(report)
     if args.out:
-        args.out.write_text(report + "\n")
+        write_section(args.out, report, "detect-probe-scans")
 
 
 if __name__ == "__main__":

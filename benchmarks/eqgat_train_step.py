@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from report import write_section  # noqa: E402
 from torch_geometric.loader import DataLoader  # noqa: E402
 
 from geo3d.data.marginals import molecule_marginals  # noqa: E402
@@ -124,7 +125,7 @@ def main() -> None:
     ap.add_argument(
         "--agreement", action="store_true", help="also compare bf16 with float32 losses/gradients"
     )
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--out", type=Path, help="write the section into this markdown page (its markers)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     train_set = QM9("train", limit=args.batch * (args.steps + 2))
@@ -155,7 +156,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.out:
-        args.out.write_text(text + "\n")
+        write_section(args.out, text, "eqgat-train-step")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from report import write_section  # noqa: E402
+
 from geo3d.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from geo3d.data.atomistic import read_labelled_structures, read_structures  # noqa: E402
 from geo3d.graph.neighbors import with_radius_graph  # noqa: E402
@@ -119,7 +121,7 @@ def score(calc, atoms: Atoms) -> tuple[float, float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--refit", action="store_true", help="refit and rewrite the shipped potentials' domains")
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--out", type=Path, help="write the section into this markdown page (its markers)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     lines = []
@@ -176,7 +178,7 @@ def main() -> None:
     text = "\n".join(lines + header + rows + footer)
     print(text)
     if args.out:
-        args.out.write_text(text + "\n")
+        write_section(args.out, text, "potential-extrapolation")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
+from report import write_section  # noqa: E402
+
 from geo3d.ops import radius_graph  # noqa: E402
 
 NEIGHBOURS = 30  # target mean neighbour count in the cube case
@@ -490,20 +492,6 @@ def report(
         out += ["", f"![scaling]({args.png.name})"]
     out.append("")
     return "\n".join(out)
-
-
-def write_section(path: Path, section: str, key: str) -> None:
-    """Replace the section ``key`` of a markdown file (between its markers), or append it."""
-    begin, end_marker = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
-    block = f"{begin}\n{section.rstrip()}\n{end_marker}"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if begin in text and end_marker in text:
-        start = text.index(begin)
-        end = text.index(end_marker) + len(end_marker)
-        text = text[:start] + block + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 # ----------------------------------------------------------------------------- main

@@ -76,3 +76,39 @@ def test_an_experiment_config_is_refused_at_load_naming_the_file_and_model_key(t
     path.write_text("task: scene_detection_segmentation\nmodel:\n  det_weight: 2.0\n")
     cfg = load_config(path)
     assert cfg.arch == DEFAULT_ARCH["scene_detection_segmentation"] == "apen_detector"
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "words"),
+    [
+        # a key of another data set is refused, named by its YAML path (no union tag in it)
+        ("{dataset: qm9, per_class: 3}", "data.per_class", "Extra inputs"),
+        ("{per_class: 3}", "data.per_class", "Extra inputs"),  # no dataset key: the task's (qm9)
+        ("{dataset: shapes, difficulty: extreme}", "data.difficulty", "'standard' or 'hard'"),
+        ("{dataset: rooms, num_scenes: 0}", "data.num_scenes", "greater than or equal to 1"),
+        ("{dataset: modelnet40}", "data", "does not match any of the expected tags"),
+    ],
+)
+def test_data_section_is_typed_per_dataset(tmp_path, data, field, words):
+    path = tmp_path / "exp.yaml"
+    path.write_text(f"task: eqgat_diff\ndata: {data}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: field '{field}'") and words in msg, msg
+
+
+def test_data_section_must_be_one_the_task_reads(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("task: detection\ndata: {dataset: shapes}\n")
+    with pytest.raises(
+        ConfigError, match=r"exp.yaml: data.dataset: the detection task reads 'rooms', got 'shapes'"
+    ):
+        load_config(path)
+    path.write_text(
+        "task: pointcloud_classification\ndata: {dataset: shapes, per_class: 4, num_points: 64}\n"
+    )
+    data = load_config(path).data
+    assert (data.dataset, data.per_class, data.num_points, data.train_rotation) == ("shapes", 4, 64, "z")
+    path.write_text("task: scene_segmentation\n")  # no data section: the task's data set, its defaults
+    assert load_config(path).data.dataset == "rooms"

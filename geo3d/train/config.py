@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -57,32 +57,75 @@ class TrainConfig(_Strict):
     init_from: str | None = None
 
 
-class DataConfig(_Strict):
-    dataset: Literal["qm9", "sdf", "extxyz", "rmd17", "shapes", "rooms"] = "qm9"
-    # qm9: folder with qm9pack's CSVs (default: the installed wheel); sdf: file/folder;
-    # extxyz / rmd17: the training file (relative paths from the working directory).
-    path: str | None = None
-    val_path: str | None = None  # extxyz / rmd17: validation file (default: 10 % of path)
-    energy_key: str = "energy"  # extxyz label keys (info / arrays / stored calculator results)
-    forces_key: str = "forces"
-    stress_key: str | None = "stress"
-    # shapes (procedural point clouds): instances per class, points per shape, and the
-    # rotation augmentation of the training set (none, z, so3).
-    per_class: int = Field(100, ge=1)
-    num_points: int = Field(1024, ge=16)
-    train_rotation: Literal["none", "z", "so3"] = "z"
-    # shapes: "hard" = stretched, partial shapes with distractors (geo3d/data/shapes.py)
-    difficulty: Literal["standard", "hard"] = "standard"
-    # rooms (procedural scenes): train / val scene counts (limit_train / limit_val cap them),
-    # and single-view occlusion of every scene (num_points is then the visible points).
-    num_scenes: int = Field(200, ge=1)
-    val_scenes: int = Field(40, ge=1)
-    occlusion: bool = False
-    # rooms: "aligned" snaps every object's yaw to a multiple of 90 degrees (same rooms otherwise)
-    object_yaw: Literal["random", "aligned"] = "random"
+class _DataSection(_Strict):
+    """Keys every data set takes: a cache folder and caps on the split sizes."""
+
     cache_dir: str | None = None
     limit_train: int | None = Field(None, ge=1)
     limit_val: int | None = Field(None, ge=1)
+
+
+class QM9Data(_DataSection):
+    dataset: Literal["qm9"] = "qm9"
+    path: str | None = None  # folder with qm9pack's CSVs (default: the installed wheel)
+
+
+class SDFData(_DataSection):
+    dataset: Literal["sdf"]
+    path: str | None = None  # an SDF file or a folder of them (required by the task)
+
+
+class AtomisticData(_DataSection):
+    """Labelled structures for a potential: extended XYZ, or the rMD17 ``.npz`` layout."""
+
+    dataset: Literal["extxyz", "rmd17"]
+    path: str | None = None  # the training file (relative paths from the working directory)
+    val_path: str | None = None  # validation file (default: 10 % of path)
+    energy_key: str = "energy"  # extxyz label keys (info / arrays / stored calculator results)
+    forces_key: str = "forces"
+    stress_key: str | None = "stress"
+
+
+class ShapesData(_DataSection):
+    """The procedural Shapes point clouds (geo3d/data/shapes.py)."""
+
+    dataset: Literal["shapes"]
+    per_class: int = Field(100, ge=1)  # instances per class
+    num_points: int = Field(1024, ge=16)
+    train_rotation: Literal["none", "z", "so3"] = "z"  # rotation augmentation of the training set
+    # "hard" = stretched, partial shapes with distractors
+    difficulty: Literal["standard", "hard"] = "standard"
+
+
+class RoomsData(_DataSection):
+    """The procedural Rooms scenes (geo3d/data/rooms.py); limit_train / limit_val cap the scene counts."""
+
+    dataset: Literal["rooms"]
+    num_points: int = Field(1024, ge=16)  # points a scene (the visible ones under occlusion)
+    train_rotation: Literal["none", "z", "so3"] = "z"
+    num_scenes: int = Field(200, ge=1)
+    val_scenes: int = Field(40, ge=1)
+    occlusion: bool = False  # single-view occlusion of every scene
+    # "aligned" snaps every object's yaw to a multiple of 90 degrees (same rooms otherwise)
+    object_yaw: Literal["random", "aligned"] = "random"
+
+
+# The data section: one typed class per data set, picked by its ``dataset`` key (default: the task's), so a key
+# of another data set (``per_class`` under qm9) is an error naming it, not a field silently ignored.
+DataConfig = Annotated[
+    QM9Data | SDFData | AtomisticData | ShapesData | RoomsData, Field(discriminator="dataset")
+]
+
+# The data sets each task reads.
+TASK_DATASETS = {
+    "eqgat_diff": ("qm9", "sdf"),
+    "potential": ("extxyz", "rmd17"),
+    "pointcloud_classification": ("shapes",),
+    "pointcloud_segmentation": ("shapes",),
+    "detection": ("rooms",),
+    "scene_segmentation": ("rooms",),
+    "scene_detection_segmentation": ("rooms",),
+}
 
 
 class LossConfig(_Strict):
@@ -123,10 +166,30 @@ class ExperimentConfig(_Strict):
     ]
     name: str = "experiment"
     model: dict[str, Any] = Field(default_factory=dict)
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DataConfig = Field(default_factory=QM9Data)  # see _task_dataset_by_default
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_dataset_by_default(cls, raw: Any) -> Any:
+        """A data section without ``dataset`` (or none at all) is the first data set the task reads."""
+        if isinstance(raw, dict) and raw.get("task") in TASK_DATASETS:
+            data = raw.get("data") or {}
+            if isinstance(data, dict) and "dataset" not in data:
+                raw = {**raw, "data": {**data, "dataset": TASK_DATASETS[raw["task"]][0]}}
+        return raw
+
+    @model_validator(mode="after")
+    def _task_reads_dataset(self) -> ExperimentConfig:
+        allowed = TASK_DATASETS[self.task]
+        if self.data.dataset not in allowed:
+            raise ValueError(
+                f"data.dataset: the {self.task} task reads {' or '.join(map(repr, allowed))}, "
+                f"got {self.data.dataset!r}"
+            )
+        return self
 
     @property
     def arch(self) -> str:
@@ -162,10 +225,24 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"field '{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in exc.errors())
+        problems = "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors())
         raise ConfigError(f"{path}: {problems}") from exc
     _check_model_section(cfg, path)
     return cfg
+
+
+def _problem(loc: tuple, msg: str) -> str:
+    """A pydantic error as ``field 'a.b': message``, with the YAML path: ``data.shapes.per_class`` is
+    ``data.per_class`` (the middle part is the data set the section was read as, not a key of the file).
+    Errors of the whole config (task against data set) name their field in the message."""
+    parts = [str(p) for p in loc]
+    if len(parts) >= 2 and parts[0] == "data" and parts[1] in DATA_TAGS:
+        parts = [parts[0], *parts[2:]]
+    msg = msg.removeprefix("Value error, ")
+    return f"field '{'.'.join(parts)}': {msg}" if parts else msg
+
+
+DATA_TAGS = ("qm9", "sdf", "extxyz", "rmd17", "shapes", "rooms")
 
 
 def _check_model_section(cfg: ExperimentConfig, path: Path) -> None:

@@ -12,17 +12,9 @@ from torch_geometric.data import Data
 
 from geo3d.data.marginals import molecule_marginals
 from geo3d.data.molecules import ATOM_INDEX, BOND_TYPES, data_to_mol
-from geo3d.data.qm9 import (
-    QM9,
-    QM9_NUM_IDS,
-    QM9FormatError,
-    build_qm9_cache,
-    find_qm9_dir,
-    iter_qm9_records,
-    load_qm9_cache,
-    midi_split,
-    process_qm9_molecule,
-)
+from geo3d.data.qm9 import QM9, QM9_NUM_IDS, build_qm9_cache, load_qm9_cache, midi_split
+from geo3d.data.qm9_csv import QM9FormatError, find_qm9_dir, iter_qm9_records
+from geo3d.data.qm9_molecule import process_qm9_molecule
 from geo3d.data.smiles import canonical_smiles
 
 # Nine real QM9 rows in qm9pack's exact format (header + rows copied from the wheel):

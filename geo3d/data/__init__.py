@@ -4,12 +4,8 @@ from geo3d.data.articulated import Articulated
 from geo3d.data.atomistic import StructureFileError, atoms_to_data, read_structures
 from geo3d.data.geom import GeomFormatError, load_geom_drugs
 from geo3d.data.marginals import MoleculeMarginals, molecule_marginals
-from geo3d.data.qm9 import (
-    QM9,
-    QM9FormatError,
-    build_qm9_cache,
-    midi_split,
-)
+from geo3d.data.qm9 import QM9, build_qm9_cache, midi_split
+from geo3d.data.qm9_csv import QM9FormatError
 from geo3d.data.rooms import Rooms
 from geo3d.data.scan_files import ScanFileError, read_point_cloud
 from geo3d.data.scene_protocols import PROTOCOLS, ProtocolSplit, apply_protocol

@@ -7,7 +7,9 @@ molecules that passed the QM9 consistency check (ids 1..133,885 less the 3,054
 geometry, Å). qm9pack's own Python loader is broken (it imports
 ``pkg_resources``), so it is never imported: only its data folder is located.
 
-Processing, one molecule at a time (:func:`process_qm9_molecule`):
+Processing, one molecule at a time (:func:`geo3d.data.qm9_molecule.process_qm9_molecule`;
+the CSV files and rows are read by :mod:`geo3d.data.qm9_csv`, this module holds the
+split, the cache and the data set):
 
 1. an RDKit molecule from elements + coordinates;
 2. bonds *and* formal charges from the geometry with
@@ -54,34 +56,23 @@ atomically. Every later ``QM9(...)`` only loads it.
 from __future__ import annotations
 
 import contextlib
-import csv
-import ctypes
 import hashlib
-import importlib.util
 import json
 import multiprocessing as mp
 import os
-import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from rdkit import Chem, RDLogger
-from rdkit.Chem import rdDetermineBonds
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
 from geo3d.data.build_cache import cache_root
-from geo3d.data.molecules import (
-    ATOM_INDEX,
-    CHARGE_MAX,
-    CHARGE_MIN,
-    MoleculeError,
-    mol_to_data,
-)
-from geo3d.data.smiles import canonical_smiles
+from geo3d.data.qm9_csv import QM9FormatError, Record, iter_qm9_records, qm9_csv_files
+from geo3d.data.qm9_molecule import Processed, process_qm9_molecule
 from geo3d.files import atomic_write
 
 QM9_NUM_IDS = 133_885  # rows of gdb9.sdf.csv; MiDi's split is drawn over all of them
@@ -96,12 +87,6 @@ EXCLUSION_REASONS: tuple[str, ...] = (
 )
 _CACHE_VERSION = 1
 _N_EXAMPLES = 5
-_CSV_GLOB = "qm9_part*.csv"
-_COLUMNS = ("Index", "SMILES", "Elements", "XYZ_Ang")
-
-
-class QM9FormatError(ValueError):
-    """A malformed QM9 CSV row; the message names the file and the line."""
 
 
 # --------------------------------------------------------------------------- locating the data
@@ -110,239 +95,6 @@ class QM9FormatError(ValueError):
 def default_cache_dir() -> Path:
     """``$GEO3D_CACHE/qm9`` if set, else ``~/.cache/geo3d/qm9``."""
     return cache_root() / "qm9"
-
-
-def find_qm9_dir(root: str | os.PathLike | None = None) -> Path:
-    """The folder holding ``qm9_part*.csv``: ``root``, else ``$GEO3D_QM9_DIR``, else qm9pack's data.
-
-    ``root`` may be the data folder itself or the qm9pack package folder
-    (its ``data/`` is used). qm9pack is located with ``importlib.util.find_spec``
-    and never imported (its loader needs ``pkg_resources``).
-
-    Raises:
-        FileNotFoundError: no CSV found; the message says how to get the data.
-    """
-    candidates: list[Path] = []
-    if root is not None:
-        candidates.append(Path(root))
-    elif os.environ.get("GEO3D_QM9_DIR"):
-        candidates.append(Path(os.environ["GEO3D_QM9_DIR"]))
-    else:
-        spec = importlib.util.find_spec("qm9pack")
-        if spec is not None and spec.submodule_search_locations:
-            candidates += [Path(p) for p in spec.submodule_search_locations]
-    for cand in candidates:
-        for folder in (cand, cand / "data"):
-            if sorted(folder.glob(_CSV_GLOB)):
-                return folder
-    where = ", ".join(str(c) for c in candidates) or "nowhere (qm9pack is not installed)"
-    raise FileNotFoundError(
-        f"no QM9 CSV files ({_CSV_GLOB}) found in {where}; install the data with "
-        "`pip install 'geo3d[qm9]'` (the qm9pack wheel), or point root= / GEO3D_QM9_DIR at a "
-        "folder holding qm9_part1.csv ..."
-    )
-
-
-def qm9_csv_files(root: str | os.PathLike | None = None) -> list[Path]:
-    """The QM9 CSV parts in order (part1, part2, ...)."""
-    folder = find_qm9_dir(root)
-
-    def part(p: Path) -> tuple[int, str]:
-        digits = "".join(ch for ch in p.stem.rsplit("part", 1)[-1] if ch.isdigit())
-        return (int(digits) if digits else 0, p.name)
-
-    return sorted(folder.glob(_CSV_GLOB), key=part)
-
-
-# A record: (QM9 id, CSV SMILES, Elements string, XYZ_Ang string, "file, line N").
-Record = tuple[int, str, str, str, str]
-
-
-def iter_qm9_records(files: Sequence[Path]) -> Iterator[Record]:
-    """The raw rows of the QM9 CSVs, only the four columns used; parsing happens later.
-
-    Raises:
-        QM9FormatError: a missing column or a row whose ``Index`` is not an integer.
-    """
-    csv.field_size_limit(1 << 30)  # XYZ/frequency cells are long
-    for path in files:
-        with open(path, newline="") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None:
-                raise QM9FormatError(f"{path}: empty file, expected a header with {_COLUMNS}")
-            missing = [c for c in _COLUMNS if c not in header]
-            if missing:
-                raise QM9FormatError(f"{path}, line 1: header lacks the column(s) {missing}")
-            col = [header.index(c) for c in _COLUMNS]
-            width = max(col) + 1
-            for row in reader:
-                where = f"{path}, line {reader.line_num}"
-                if not row:
-                    continue
-                if len(row) < width:
-                    raise QM9FormatError(f"{where}: {len(row)} fields, expected at least {width}")
-                try:
-                    idx = int(row[col[0]])
-                except ValueError:
-                    raise QM9FormatError(f"{where}: Index {row[col[0]]!r} is not an integer") from None
-                yield idx, row[col[1]], row[col[2]], row[col[3]], where
-
-
-def parse_elements(text: str, where: str = "row") -> list[str]:
-    """``"['C','H']"`` -> ``['C', 'H']``."""
-    items = [t.strip().strip("'\"") for t in text.strip().strip("[]").split(",")]
-    if not items or any(not t for t in items):
-        raise QM9FormatError(f"{where}: cannot read Elements {text[:60]!r}")
-    return items
-
-
-def parse_xyz(text: str, n_atoms: int, where: str = "row") -> np.ndarray:
-    """``"[[x,y,z],...]"`` -> ``[n_atoms, 3]`` float64 (Å)."""
-    try:
-        flat = np.array(text.replace("[", " ").replace("]", " ").split(","), dtype=np.float64)
-    except ValueError:
-        raise QM9FormatError(f"{where}: XYZ_Ang holds a non-number ({text[:60]!r}...)") from None
-    if flat.size != 3 * n_atoms:
-        raise QM9FormatError(f"{where}: XYZ_Ang has {flat.size} numbers, expected 3 x {n_atoms} atoms")
-    if not np.isfinite(flat).all():
-        raise QM9FormatError(f"{where}: XYZ_Ang has NaN or inf")
-    return flat.reshape(n_atoms, 3)
-
-
-# --------------------------------------------------------------------------- chemistry
-
-_LIBC = None
-
-
-@contextlib.contextmanager
-def _quiet_fds() -> Iterator[None]:
-    """Silence C-level stdout/stderr (YAeHMOP prints a warning per short O-H/N-H distance)."""
-    global _LIBC
-    try:
-        if _LIBC is None:
-            _LIBC = ctypes.CDLL(None)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        saved = [os.dup(1), os.dup(2)]
-    except (OSError, AttributeError, ValueError):  # no real fds (e.g. embedded): just run
-        yield
-        return
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-        yield
-    finally:
-        _LIBC.fflush(None)
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, null):
-            os.close(fd)
-
-
-def mol_from_xyz(elements: Sequence[str], pos: np.ndarray) -> Chem.Mol:
-    """A bond-less RDKit molecule with one conformer (``pos [N, 3]``, Å)."""
-    rw = Chem.RWMol()
-    for sym in elements:
-        rw.AddAtom(Chem.Atom(sym))
-    conf = Chem.Conformer(len(elements))
-    for k, xyz in enumerate(np.asarray(pos, dtype=np.float64).tolist()):
-        conf.SetAtomPosition(k, xyz)
-    rw.AddConformer(conf, assignId=True)
-    return rw.GetMol()
-
-
-def derive_bonds(mol: Chem.Mol, charge: int = 0, use_hueckel: bool = True) -> Chem.Mol:
-    """Bonds and formal charges from the 3D geometry (RDKit's xyz2mol), in a new molecule.
-
-    Raises:
-        ValueError: RDKit finds no valence-consistent bond assignment.
-    """
-    out = Chem.Mol(mol)
-    with _quiet_fds():
-        rdDetermineBonds.DetermineBonds(out, useHueckel=use_hueckel, charge=charge)
-    return out
-
-
-def _skeleton(mol: Chem.Mol) -> str:
-    """Canonical SMILES of the graph with every bond single and no charges: identical for two
-    Lewis structures of one molecule (same atoms, same bonded pairs, same H on each atom)."""
-    rw = Chem.RWMol(Chem.AddHs(mol))
-    for atom in rw.GetAtoms():
-        atom.SetFormalCharge(0)
-        atom.SetNoImplicit(True)
-        atom.SetNumExplicitHs(0)
-        atom.SetIsAromatic(False)
-    for bond in rw.GetBonds():
-        bond.SetBondType(Chem.BondType.SINGLE)
-        bond.SetIsAromatic(False)
-    rw.UpdatePropertyCache(strict=False)
-    return Chem.MolToSmiles(rw, isomericSmiles=False, canonical=True)
-
-
-def compare_to_smiles(mol: Chem.Mol, smiles: str) -> str:
-    """``"match"``, ``"resonance"`` (same skeleton, other Lewis structure), ``"mismatch"`` or
-    ``"unparsable"`` (RDKit cannot read ``smiles``)."""
-    ref = Chem.MolFromSmiles(smiles)
-    if ref is None:
-        return "unparsable"
-    if canonical_smiles(mol) == canonical_smiles(ref):
-        return "match"
-    return "resonance" if _skeleton(mol) == _skeleton(ref) else "mismatch"
-
-
-# One processed molecule, as plain arrays (cheap to send between processes).
-Processed = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]
-
-
-def process_qm9_molecule(
-    idx: int, smiles: str, elements: str, xyz: str, where: str = "row", accept_resonance: bool = True
-) -> tuple[str, int, str, Processed | str]:
-    """One CSV row -> ``("ok", idx, note, arrays)`` or ``("excluded", idx, reason, detail)``.
-
-    ``arrays`` = ``(pos [N, 3] float32 (mean-centred), atom_type [N] int8,
-    charge [N] int8, edge_index [2, 2B] int32 (both directions), bond_type [2B]
-    int8, canonical SMILES)``; ``note`` is ``""`` or ``"resonance_form"``.
-
-    Raises:
-        QM9FormatError: unreadable Elements / XYZ_Ang (a broken file, not a molecule to skip).
-    """
-    symbols = parse_elements(elements, where)
-    pos = parse_xyz(xyz, len(symbols), where)
-    bad = [s for s in symbols if s not in ATOM_INDEX]
-    if bad:
-        return "excluded", idx, "element_not_in_vocab", f"element {bad[0]!r}"
-    try:
-        mol = derive_bonds(mol_from_xyz(symbols, pos), charge=0)
-    except Exception as exc:  # RDKit raises ValueError/RuntimeError subclasses here
-        return "excluded", idx, "bond_determination_failed", str(exc).splitlines()[0][:160]
-    verdict = compare_to_smiles(mol, smiles)
-    note = ""
-    if verdict == "unparsable":
-        return "excluded", idx, "reference_smiles_unparsable", smiles
-    if verdict == "mismatch" or (verdict == "resonance" and not accept_resonance):
-        return "excluded", idx, "smiles_mismatch", f"derived {canonical_smiles(mol)} vs csv {smiles}"
-    if verdict == "resonance":
-        note = "resonance_form"
-    charges = [a.GetFormalCharge() for a in mol.GetAtoms()]
-    if any(not CHARGE_MIN <= q <= CHARGE_MAX for q in charges):
-        return "excluded", idx, "charge_out_of_range", f"charges {sorted(set(charges))}"
-    try:
-        data = mol_to_data(mol, source=f"QM9 id {idx}")
-    except MoleculeError as exc:
-        return "excluded", idx, "not_representable", str(exc)
-    p = data.pos.double()
-    p = (p - p.mean(dim=0, keepdim=True)).float()  # plain mean, as EQGAT-diff
-    arrays = (
-        p.numpy(),
-        data.atom_type.numpy().astype(np.int8),
-        data.charge.numpy().astype(np.int8),
-        data.edge_index.numpy().astype(np.int32),
-        data.bond_type.numpy().astype(np.int8),
-        canonical_smiles(mol),
-    )
-    return "ok", idx, note, arrays
 
 
 def _process_record(args: tuple[Record, bool]) -> tuple[str, int, str, Processed | str]:

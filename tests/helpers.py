@@ -84,7 +84,7 @@ def write_ply(path: Path, pos: torch.Tensor) -> Path:
 
 def fraction_found(scene, boxes: list[dict], iou_threshold: float = 0.25) -> float:
     """Share of a Rooms scene's objects matched by a ``geo3d detect`` box of their class above the IoU."""
-    from geo3d.data.rooms import CLASS_NAMES
+    from geo3d.data.room_layout import CLASS_NAMES
     from geo3d.ops.boxes import box3d_iou_matrix
 
     pred = torch.tensor([[*b["centre"], *b["size"], b["yaw"]] for b in boxes], dtype=torch.float64)

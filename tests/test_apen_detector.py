@@ -289,7 +289,7 @@ def test_shipped_apen_rooms_segments_detects_and_keeps_its_score_under_per_objec
     # threshold) on 6 test scenes: measured 0.55 of the objects found with their class over 12 scenes
     # (per scene 0.0-0.88), so one scene alone is too noisy to judge
     from geo3d.apps.detect import boxes_json, detect, fit_points
-    from geo3d.data.rooms import CLASS_NAMES
+    from geo3d.data.room_layout import CLASS_NAMES
 
     found = []
     for index in range(6):

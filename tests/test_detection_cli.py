@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from geo3d.apps.detect import fit_points
 from geo3d.cli import app
-from geo3d.data.rooms import CLASS_NAMES, make_scene
+from geo3d.data.room_layout import CLASS_NAMES
+from geo3d.data.rooms import make_scene
 from geo3d.data.scene_protocols import PROTOCOLS
 from geo3d.train import ConfigError, load_config, make_task
 from geo3d.train.scene_eval import (

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from geo3d.data.rooms import CLASS_NAMES, MARGIN, Rooms, _inside, make_layout, make_scene
+from geo3d.data.room_layout import CLASS_NAMES, MARGIN, make_layout
+from geo3d.data.rooms import Rooms, _inside, make_scene
 from geo3d.data.scene_protocols import (
     PROTOCOLS,
     ProtocolSplit,

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from geo3d.data.rooms import CLASS_NAMES
+from geo3d.data.room_layout import CLASS_NAMES
 
 # Probe shape -> the Rooms class it plays (an index into CLASS_NAMES).
 SHAPES: dict[str, int] = {

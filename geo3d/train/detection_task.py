@@ -19,7 +19,8 @@ from torch import nn
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
-from geo3d.data.rooms import CLASS_NAMES, NUM_CLASSES, Rooms
+from geo3d.data.room_layout import CLASS_NAMES, NUM_CLASSES
+from geo3d.data.rooms import Rooms
 from geo3d.data.scene_protocols import apply_protocol
 from geo3d.nn.heads.detection_loss import detection_loss
 from geo3d.nn.heads.frame_detection import frame_detection_loss

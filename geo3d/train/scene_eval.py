@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torch_geometric.loader import DataLoader
 
-from geo3d.data.rooms import CLASS_NAMES, Rooms
+from geo3d.data.room_layout import CLASS_NAMES
+from geo3d.data.rooms import Rooms
 from geo3d.data.scene_protocols import PROTOCOLS, ProtocolSplit
 from geo3d.metrics.detection import eval_det
 

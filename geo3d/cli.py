@@ -102,66 +102,32 @@ def models() -> None:
 
 
 def _neighbor_report(path: Path, cutoff: float, backend: str | None, check_ase: bool) -> bool:
-    """Radius graph of every frame in ``path``; prints a summary, returns whether ASE agreed."""
-    import torch
-
-    from geo3d.data import StructureFileError, atoms_to_data, read_structures
-    from geo3d.graph import NeighborList, edge_lengths, edge_vectors
-    from geo3d.ops import canonical_order
+    """Prints :func:`geo3d.apps.neighbors.file_neighbors` of ``path``; returns whether ASE agreed."""
+    from geo3d.apps.neighbors import file_neighbors
+    from geo3d.data import StructureFileError
 
     try:
-        frames = read_structures(path)
-    except (FileNotFoundError, StructureFileError) as exc:
+        frames = file_neighbors(path, cutoff, backend, check_ase)
+    except (FileNotFoundError, StructureFileError, ValueError) as exc:
         _fail(str(exc))
-    all_ok = True
-    for k, atoms in enumerate(frames):
-        try:
-            data = atoms_to_data(atoms, source=f"{path} frame {k}")
-            t0 = time.perf_counter()
-            edge_index, shifts = NeighborList(cutoff, backend=backend)(data.pos, data.cell, data.pbc)
-            elapsed = time.perf_counter() - t0
-        except StructureFileError as exc:
-            _fail(str(exc))
-        except (ValueError, RuntimeError) as exc:
-            _fail(f"{path} frame {k}: {exc}")
-        n = data.pos.shape[0]
-        lengths = edge_lengths(edge_vectors(data.pos, edge_index, shifts, data.cell))
-        counts = torch.bincount(edge_index[1], minlength=n)
-        images = int((shifts != 0).any(dim=1).sum())
-        lengths_abc = atoms.cell.cellpar()
-        title = f"{path.name} [{k}]  {atoms.get_chemical_formula()}  ({n} atoms)"
-        table = Table(title=title, show_header=False)
-        table.add_row("cell a b c (Å)", " ".join(f"{x:.3f}" for x in lengths_abc[:3]))
-        table.add_row("angles (°)", " ".join(f"{x:.1f}" for x in lengths_abc[3:]))
-        table.add_row("pbc", str(data.pbc[0].tolist()))
+    for k, r in enumerate(frames):
+        table = Table(title=f"{path.name} [{k}]  {r.formula}  ({r.num_atoms} atoms)", show_header=False)
+        table.add_row("cell a b c (Å)", " ".join(f"{x:.3f}" for x in r.cellpar[:3]))
+        table.add_row("angles (°)", " ".join(f"{x:.1f}" for x in r.cellpar[3:]))
+        table.add_row("pbc", str(list(r.pbc)))
         table.add_row("cutoff (Å)", f"{cutoff}")
-        table.add_row("edges (directed)", f"{edge_index.shape[1]:,} ({images:,} cross the cell boundary)")
-        if n:
-            table.add_row(
-                "neighbours / atom",
-                f"min {int(counts.min())}  mean {counts.float().mean():.2f}  max {int(counts.max())}",
-            )
-        if lengths.numel():
-            table.add_row("shortest distance (Å)", f"{float(lengths.min()):.4f}")
-        table.add_row("time", f"{elapsed * 1e3:.2f} ms")
-        if check_ase:
-            from ase.neighborlist import neighbor_list
-
-            i, j, s = neighbor_list("ijS", atoms, cutoff)
-            ref = canonical_order(
-                torch.stack([torch.from_numpy(j), torch.from_numpy(i)]), torch.from_numpy(s)
-            )
-            ours = canonical_order(edge_index, shifts)
-            ok = torch.equal(ours[0], ref[0]) and torch.equal(ours[1], ref[1])
-            all_ok &= ok
-            verdict = (
-                "[green]identical edges and shifts[/]"
-                if ok
-                else f"[red]DIFFERENT ({ref[0].shape[1]} edges)[/]"
-            )
+        table.add_row("edges (directed)", f"{r.num_edges:,} ({r.num_image_edges:,} cross the cell boundary)")
+        if r.neighbours is not None:
+            lo, mean, hi = r.neighbours
+            table.add_row("neighbours / atom", f"min {lo}  mean {mean:.2f}  max {hi}")
+        if r.shortest is not None:
+            table.add_row("shortest distance (Å)", f"{r.shortest:.4f}")
+        table.add_row("time", f"{r.seconds * 1e3:.2f} ms")
+        if r.matches_ase is not None:
+            verdict = "[green]identical edges and shifts[/]" if r.matches_ase else "[red]DIFFERENT[/]"
             table.add_row("vs ase.neighborlist", verdict)
         console.print(table)
-    return all_ok
+    return all(r.matches_ase is not False for r in frames)
 
 
 @app.command()

@@ -87,3 +87,20 @@ def test_singular_periodic_cell_is_reported(tmp_path):
     assert result.exit_code == 1
     out = _plain(result.output)
     assert "flat.extxyz" in out and "singular" in out
+
+
+def test_neighbors_app_reports_each_frame(tmp_path):
+    """geo3d.apps.neighbors (what `geo3d neighbors` prints): fcc Cu has 12 neighbours at 3 Å, as ASE."""
+    from ase.build import bulk
+    from ase.io import write
+
+    from geo3d.apps.neighbors import file_neighbors
+
+    path = tmp_path / "cu.extxyz"
+    write(path, [bulk("Cu", "fcc", a=3.6), bulk("Cu", "fcc", a=3.6).repeat((2, 1, 1))])
+    reports = file_neighbors(path, 3.0, check_ase=True)
+    assert [r.num_atoms for r in reports] == [1, 2]
+    for r in reports:
+        assert r.neighbours == (12, 12.0, 12) and r.num_edges == 12 * r.num_atoms
+        assert r.num_image_edges > 0 and r.matches_ase is True and r.pbc == (True, True, True)
+        assert abs(r.shortest - 3.6 / 2**0.5) < 1e-5

@@ -1,4 +1,9 @@
-"""The ``geo3d`` command."""
+"""The ``geo3d`` command.
+
+One module for all commands (~570 lines): each is its typer options, a call into
+:mod:`geo3d.apps` or :mod:`geo3d.train`, and the printing of the result; no command
+holds application logic (that is the rule of the cli layer, docs/ARCHITECTURE.md).
+"""
 
 from __future__ import annotations
 

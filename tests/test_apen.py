@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from geo3d.models.apen import APEN, apen_loss
+from geo3d.models.apen import APEN
+from geo3d.models.apen_loss import apen_loss
 from geo3d.nn.frame_averaging import part_frames
 from geo3d.nn.partition import assign_parts, farthest_point_fill, gmm_em, merge_close_centres
 from geo3d.registry import build_model

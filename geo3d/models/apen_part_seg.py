@@ -12,7 +12,7 @@ partition, approximately (the paper's bound).
 
 Training: the point-cloud segmentation task adds ``aux_loss`` (set by the forward
 in training mode) to its cross-entropy: ``vote_weight`` x the sum over blocks of
-the per-shape mean squared vote error, as :func:`geo3d.models.apen.apen_loss`.
+the per-shape mean squared vote error, as :func:`geo3d.models.apen_loss.apen_loss`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from geo3d.models.apen import APEN, APENBlocksConfig, _graph_inputs, apen_loss
+from geo3d.models.apen import APEN, APENBlocksConfig, _graph_inputs
+from geo3d.models.apen_loss import apen_loss
 from geo3d.models.config import ModelConfig, PositiveInt
 from geo3d.ops.scatter import scatter
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from geo3d.models.apen import apen_loss
+from geo3d.models.apen_loss import apen_loss
 from geo3d.nn.heads.frame_detection import frame_detection_loss
 from geo3d.train.config import ExperimentConfig
 from geo3d.train.detection_task import DetectionTask

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from geo3d.data.room_layout import NUM_CLASSES
-from geo3d.models.apen import apen_loss
+from geo3d.models.apen_loss import apen_loss
 from geo3d.train.config import ExperimentConfig
 from geo3d.train.detection_task import DetectionTask, check_scene_keys, scene_keys
 from geo3d.train.scene_eval import SEMANTIC_NAMES, SegmentationMeter, scene_metrics

@@ -7,7 +7,7 @@ import pytest
 from geo3d.checkpoint import load_checkpoint
 from geo3d.models.config import ModelConfig, ModelConfigError, config_problems
 from geo3d.registry import ARCHITECTURES, SHIPPED, config_class
-from geo3d.train.config import DEFAULT_ARCH, ConfigError, load_config
+from geo3d.train.config import TASKS, ConfigError, load_config
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
@@ -75,7 +75,7 @@ def test_an_experiment_config_is_refused_at_load_naming_the_file_and_model_key(t
     # the task's own keys (loss weights) and arch pass; the default architecture is the task's
     path.write_text("task: scene_detection_segmentation\nmodel:\n  det_weight: 2.0\n")
     cfg = load_config(path)
-    assert cfg.arch == DEFAULT_ARCH["scene_detection_segmentation"] == "apen_detector"
+    assert cfg.arch == TASKS["scene_detection_segmentation"].default_arch == "apen_detector"
 
 
 @pytest.mark.parametrize(
@@ -112,3 +112,17 @@ def test_data_section_must_be_one_the_task_reads(tmp_path):
     assert (data.dataset, data.per_class, data.num_points, data.train_rotation) == ("shapes", 4, 64, "z")
     path.write_text("task: scene_segmentation\n")  # no data section: the task's data set, its defaults
     assert load_config(path).data.dataset == "rooms"
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_task_spec_names_a_real_runner_architecture_and_data_sets(task):
+    import importlib
+
+    from geo3d.train.config import DATA_TAGS
+
+    spec = TASKS[task]
+    module, _, cls = spec.runner.partition(":")
+    assert callable(getattr(importlib.import_module(module), cls))
+    assert spec.default_arch in ARCHITECTURES
+    assert spec.datasets and set(spec.datasets) <= set(DATA_TAGS)
+    assert not set(spec.model_keys) & set(config_class(spec.default_arch).model_fields)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -116,17 +117,6 @@ DataConfig = Annotated[
     QM9Data | SDFData | AtomisticData | ShapesData | RoomsData, Field(discriminator="dataset")
 ]
 
-# The data sets each task reads.
-TASK_DATASETS = {
-    "eqgat_diff": ("qm9", "sdf"),
-    "potential": ("extxyz", "rmd17"),
-    "pointcloud_classification": ("shapes",),
-    "pointcloud_segmentation": ("shapes",),
-    "detection": ("rooms",),
-    "scene_segmentation": ("rooms",),
-    "scene_detection_segmentation": ("rooms",),
-}
-
 
 class LossConfig(_Strict):
     """Weights of the potential's loss: per-atom energy, force components and stress components (MSE)."""
@@ -136,34 +126,40 @@ class LossConfig(_Strict):
     stress: float = Field(1.0, ge=0)
 
 
-# The architecture a task trains when its model section names none (``model.arch``).
-DEFAULT_ARCH = {
-    "eqgat_diff": "eqgat_diff",
-    "potential": "potential",
-    "pointcloud_classification": "tinvnn",
-    "pointcloud_segmentation": "tinvnn_seg",
-    "detection": "votenet",
-    "scene_segmentation": "apen",
-    "scene_detection_segmentation": "apen_detector",
-}
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task is: the one table (``TASKS``) every "which task / which model / which data" reads."""
 
-# Keys of a task's model section that the task reads (loss weights), not the architecture.
-TASK_MODEL_KEYS = {
-    "scene_segmentation": ("seg_weight",),
-    "scene_detection_segmentation": ("det_weight", "vote_weight", "seg_weight"),
+    runner: str  # "module:Class" of the task object (imported on first use: geo3d.train.make_task)
+    default_arch: str  # the architecture trained when the model section names none (``model.arch``)
+    datasets: tuple[str, ...]  # the data sets it reads; the first is the default of ``data.dataset``
+    model_keys: tuple[str, ...] = ()  # keys of the model section the task reads (loss weights)
+
+
+TASKS: dict[str, TaskSpec] = {
+    "eqgat_diff": TaskSpec("geo3d.train.molecule_task:MoleculeGenerationTask", "eqgat_diff", ("qm9", "sdf")),
+    "potential": TaskSpec("geo3d.train.potential_task:PotentialTask", "potential", ("extxyz", "rmd17")),
+    "pointcloud_classification": TaskSpec(
+        "geo3d.train.pointcloud_task:PointCloudClassificationTask", "tinvnn", ("shapes",)
+    ),
+    "pointcloud_segmentation": TaskSpec(
+        "geo3d.train.pointcloud_task:PointCloudSegmentationTask", "tinvnn_seg", ("shapes",)
+    ),
+    "detection": TaskSpec("geo3d.train.detection_task:DetectionTask", "votenet", ("rooms",)),
+    "scene_segmentation": TaskSpec(
+        "geo3d.train.scene_segmentation_task:SceneSegmentationTask", "apen", ("rooms",), ("seg_weight",)
+    ),
+    "scene_detection_segmentation": TaskSpec(
+        "geo3d.train.scene_detection_task:SceneDetectionSegmentationTask",
+        "apen_detector",
+        ("rooms",),
+        ("det_weight", "vote_weight", "seg_weight"),
+    ),
 }
 
 
 class ExperimentConfig(_Strict):
-    task: Literal[
-        "eqgat_diff",
-        "potential",
-        "pointcloud_classification",
-        "pointcloud_segmentation",
-        "detection",
-        "scene_segmentation",
-        "scene_detection_segmentation",
-    ]
+    task: Literal[tuple(TASKS)]  # type: ignore[valid-type]  # the keys of TASKS
     name: str = "experiment"
     model: dict[str, Any] = Field(default_factory=dict)
     data: DataConfig = Field(default_factory=QM9Data)  # see _task_dataset_by_default
@@ -175,15 +171,15 @@ class ExperimentConfig(_Strict):
     @classmethod
     def _task_dataset_by_default(cls, raw: Any) -> Any:
         """A data section without ``dataset`` (or none at all) is the first data set the task reads."""
-        if isinstance(raw, dict) and raw.get("task") in TASK_DATASETS:
+        if isinstance(raw, dict) and raw.get("task") in TASKS:
             data = raw.get("data") or {}
             if isinstance(data, dict) and "dataset" not in data:
-                raw = {**raw, "data": {**data, "dataset": TASK_DATASETS[raw["task"]][0]}}
+                raw = {**raw, "data": {**data, "dataset": TASKS[raw["task"]].datasets[0]}}
         return raw
 
     @model_validator(mode="after")
     def _task_reads_dataset(self) -> ExperimentConfig:
-        allowed = TASK_DATASETS[self.task]
+        allowed = TASKS[self.task].datasets
         if self.data.dataset not in allowed:
             raise ValueError(
                 f"data.dataset: the {self.task} task reads {' or '.join(map(repr, allowed))}, "
@@ -194,7 +190,7 @@ class ExperimentConfig(_Strict):
     @property
     def arch(self) -> str:
         """The architecture this experiment trains: ``model.arch``, else the task's default."""
-        return str(self.model.get("arch", DEFAULT_ARCH[self.task]))
+        return str(self.model.get("arch", TASKS[self.task].default_arch))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -255,7 +251,7 @@ def _check_model_section(cfg: ExperimentConfig, path: Path) -> None:
         schema = config_class(cfg.arch)
     except CheckpointError as exc:
         raise ConfigError(f"{path}: field 'model.arch': {exc}") from exc
-    task_keys = ("arch", *TASK_MODEL_KEYS.get(cfg.task, ()))
+    task_keys = ("arch", *TASKS[cfg.task].model_keys)
     section = {k: v for k, v in cfg.model.items() if k not in task_keys}
     problems = config_problems(schema, section)
     if problems:

@@ -129,7 +129,11 @@ def _neighbor_report(path: Path, cutoff: float, backend: str | None, check_ase: 
             table.add_row("shortest distance (Å)", f"{r.shortest:.4f}")
         table.add_row("time", f"{r.seconds * 1e3:.2f} ms")
         if r.matches_ase is not None:
-            verdict = "[green]identical edges and shifts[/]" if r.matches_ase else "[red]DIFFERENT[/]"
+            verdict = (
+                "[green]identical edges and shifts[/]"
+                if r.matches_ase
+                else f"[red]DIFFERENT ({r.ase_num_edges} edges)[/]"
+            )
             table.add_row("vs ase.neighborlist", verdict)
         console.print(table)
     return all(r.matches_ase is not False for r in frames)

@@ -103,4 +103,5 @@ def test_neighbors_app_reports_each_frame(tmp_path):
     for r in reports:
         assert r.neighbours == (12, 12.0, 12) and r.num_edges == 12 * r.num_atoms
         assert r.num_image_edges > 0 and r.matches_ase is True and r.pbc == (True, True, True)
+        assert r.ase_num_edges == r.num_edges
         assert abs(r.shortest - 3.6 / 2**0.5) < 1e-5

@@ -28,6 +28,7 @@ class FrameNeighbors:
     shortest: float | None  # None without edges
     seconds: float  # the neighbour-list call alone
     matches_ase: bool | None  # edges and shifts identical to ase.neighborlist (None: not checked)
+    ase_num_edges: int | None = None  # ase.neighborlist's edge count, when checked
 
 
 def frame_neighbors(
@@ -46,7 +47,7 @@ def frame_neighbors(
     n = data.pos.shape[0]
     lengths = edge_lengths(edge_vectors(data.pos, edge_index, shifts, data.cell))
     counts = torch.bincount(edge_index[1], minlength=n)
-    matches = None
+    matches, ase_edges = None, None
     if check_ase:
         from ase.neighborlist import neighbor_list
 
@@ -54,6 +55,7 @@ def frame_neighbors(
         ref = canonical_order(torch.stack([torch.from_numpy(j), torch.from_numpy(i)]), torch.from_numpy(s))
         ours = canonical_order(edge_index, shifts)
         matches = torch.equal(ours[0], ref[0]) and torch.equal(ours[1], ref[1])
+        ase_edges = int(ref[0].shape[1])
     return FrameNeighbors(
         formula=atoms.get_chemical_formula(),
         num_atoms=n,
@@ -65,6 +67,7 @@ def frame_neighbors(
         shortest=float(lengths.min()) if lengths.numel() else None,
         seconds=seconds,
         matches_ase=matches,
+        ase_num_edges=ase_edges,
     )
 
 
@@ -83,7 +86,7 @@ def file_neighbors(
     for k, atoms in enumerate(read_structures(path)):
         try:
             reports.append(frame_neighbors(atoms, cutoff, f"{path} frame {k}", backend, check_ase))
-        except StructureFileError:
+        except StructureFileError:  # a ValueError that already names the file and frame
             raise
         except (ValueError, RuntimeError) as exc:
             raise ValueError(f"{path} frame {k}: {exc}") from exc

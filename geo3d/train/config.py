@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -113,9 +113,10 @@ class RoomsData(_DataSection):
 
 # The data section: one typed class per data set, picked by its ``dataset`` key (default: the task's), so a key
 # of another data set (``per_class`` under qm9) is an error naming it, not a field silently ignored.
-DataConfig = Annotated[
-    QM9Data | SDFData | AtomisticData | ShapesData | RoomsData, Field(discriminator="dataset")
-]
+DATA_SECTIONS = (QM9Data, SDFData, AtomisticData, ShapesData, RoomsData)
+DataConfig = Annotated[Union[DATA_SECTIONS], Field(discriminator="dataset")]  # noqa: UP007
+# The ``dataset`` names, read off the sections (pydantic puts the one matched into an error's location).
+DATA_TAGS = tuple(tag for cls in DATA_SECTIONS for tag in get_args(cls.model_fields["dataset"].annotation))
 
 
 class LossConfig(_Strict):
@@ -236,9 +237,6 @@ def _problem(loc: tuple, msg: str) -> str:
         parts = [parts[0], *parts[2:]]
     msg = msg.removeprefix("Value error, ")
     return f"field '{'.'.join(parts)}': {msg}" if parts else msg
-
-
-DATA_TAGS = ("qm9", "sdf", "extxyz", "rmd17", "shapes", "rooms")
 
 
 def _check_model_section(cfg: ExperimentConfig, path: Path) -> None:

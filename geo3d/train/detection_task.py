@@ -72,9 +72,7 @@ class DetectionTask:
         check_scene_keys(cfg, self.arch)
 
     def datasets(self) -> tuple[Dataset, Dataset]:
-        d = self.cfg.data
-        if d.dataset != "rooms":
-            raise ValueError(f"data.dataset: the detection task reads 'rooms', got {d.dataset!r}")
+        d = self.cfg.data  # a RoomsData: ExperimentConfig checks the task's data sets (TASKS)
         protocol = _AUGMENT[d.train_rotation]
         gen = self._augment_gen = torch.Generator().manual_seed(self.cfg.train.seed)
         augment = SceneRotation(protocol, gen) if protocol else None

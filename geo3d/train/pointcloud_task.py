@@ -48,11 +48,7 @@ class PointCloudClassificationTask:
             )
 
     def datasets(self) -> tuple[Dataset, Dataset]:
-        d = self.cfg.data
-        if d.dataset != "shapes":
-            raise ValueError(
-                "data.dataset: the point-cloud task reads 'shapes' (ModelNet40 / ShapeNetPart: not yet)"
-            )
+        d = self.cfg.data  # a ShapesData: ExperimentConfig checks the task's data sets (TASKS)
         gen = self._augment_gen = torch.Generator().manual_seed(self.cfg.train.seed)
         augment = Compose([RandomScaleJitter(generator=gen), RandomRotate(d.train_rotation, gen)])
         train = Shapes(

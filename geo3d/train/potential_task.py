@@ -44,7 +44,7 @@ class PotentialTask:
 
     def datasets(self) -> tuple[Dataset, Dataset]:
         d = self.cfg.data
-        if d.dataset not in ("extxyz", "rmd17") or d.path is None:
+        if d.path is None:  # the data set itself (extxyz or rmd17) is checked by ExperimentConfig
             raise ValueError("data: the potential task needs dataset 'extxyz' or 'rmd17' and data.path")
         train = self._read(d.path)
         if d.val_path is not None:

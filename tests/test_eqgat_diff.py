@@ -9,7 +9,7 @@ from torch_geometric.data import Batch, Data
 
 from geo3d.diffusion.categorical import noised_probs, posterior_probs
 from geo3d.diffusion.eqgat_diff import EQGATDiffusion
-from geo3d.diffusion.schedules import cosine_alpha_bar, snr_weight
+from geo3d.diffusion.schedules import cosine_alpha_bar, sample_timesteps, snr_weight
 from geo3d.graph.fully_connected import fully_connected_edges
 
 PRIORS = {
@@ -116,6 +116,22 @@ def test_schedule_and_weighting():
     mid = 300
     expected = float(abar[mid] / (1 - abar[mid]))
     assert abs(float(w[mid]) - min(max(expected, 0.05), 1.5)) < 1e-12
+
+
+def test_timestep_draw_follows_its_beta_law():
+    # beta = 1 is the old uniform draw, same stream: seeded runs from before still reproduce.
+    uniform = sample_timesteps(64, 500, 1.0, torch.Generator().manual_seed(3))
+    assert torch.equal(uniform, torch.randint(1, 501, (64,), generator=torch.Generator().manual_seed(3)))
+    t = sample_timesteps(200_000, 500, 2.0, torch.Generator().manual_seed(0))
+    assert int(t.min()) == 1 and int(t.max()) <= 500
+    # Beta(1, 2): P(s <= x) = 1 - (1 - x)^2, so half of the draws fall below 1 - 1/sqrt(2) = 0.293.
+    for x, p in [(0.1, 0.19), (0.293, 0.5), (0.5, 0.75), (0.9, 0.99)]:
+        assert abs(float((t <= round(x * 500)).double().mean()) - p) < 0.005
+    with pytest.raises(ValueError, match="timestep beta"):
+        sample_timesteps(4, 500, 0.0)
+    model = EQGATDiffusion({"denoiser": SMALL, "priors": PRIORS, "timesteps": 50, "timestep_beta": 3.0})
+    loss, _ = model.loss(_molecules(), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
 
 
 def test_categorical_posterior_is_bayes_rule():

@@ -16,6 +16,7 @@ Config (all plain values, stored in the checkpoint)::
     nu: {pos: 2.5, atoms: 1.0, charges: 1.0, bonds: 1.5}  # all 1.0 = plain cosine
     loss_weights: {pos: 3.0, atoms: 0.4, bonds: 2.0, charges: 1.0}
     snr_clip: [0.05, 1.5]
+    timestep_beta: 1.0      # training noise level t/T ~ Beta(1, b); 1 = uniform
     priors: {atoms: [16], charges: [6], bonds: [5], num_atoms: [histogram over n]}
 """
 
@@ -33,7 +34,7 @@ from typing_extensions import Self
 
 from geo3d.data.molecules import CHARGE_MIN
 from geo3d.diffusion.categorical import noised_probs, posterior_probs, sample_categorical
-from geo3d.diffusion.schedules import cosine_alpha_bar, snr_weight
+from geo3d.diffusion.schedules import cosine_alpha_bar, sample_timesteps, snr_weight
 from geo3d.diffusion.valence import assign_bonds
 from geo3d.graph.fully_connected import fully_connected_edges
 from geo3d.models.config import ModelConfig, PositiveInt
@@ -72,6 +73,8 @@ class EQGATDiffusionConfig(ModelConfig):
         "charges": 1.0,
     }
     snr_clip: list[float] = Field([0.05, 1.5], min_length=2, max_length=2)  # [min, max] of the SNR weight
+    # training noise level t/T ~ Beta(1, timestep_beta): 1 = uniform (the paper), > 1 favours low noise
+    timestep_beta: float = Field(1.0, gt=0)
     # required to build the model; the training task fills it in from the training set
     priors: Priors | None = None
 
@@ -155,7 +158,7 @@ class EQGATDiffusion(nn.Module):
         atoms0, charges0 = batch.atom_type, batch.charge - CHARGE_MIN
         bonds0 = self.bond_labels(batch, edge_index)
 
-        t = torch.randint(1, self.timesteps + 1, (nb,), device=device, generator=generator)
+        t = sample_timesteps(nb, self.timesteps, self.config["timestep_beta"], generator, device)
         a_pos = self.abar_pos[t].to(x0.dtype)
         eps = _centre(torch.randn(x0.shape, device=device, generator=generator, dtype=x0.dtype), b, nb)
         xt = a_pos.sqrt()[b, None] * x0 + (1 - a_pos).sqrt()[b, None] * eps

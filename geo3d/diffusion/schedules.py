@@ -29,3 +29,27 @@ def cosine_alpha_bar(timesteps: int, nu: float = 1.0, s: float = 0.008, min_step
 def snr_weight(alpha_bar: Tensor, low: float = 0.05, high: float = 1.5) -> Tensor:
     """EQGAT-diff's loss weighting ``clip(SNR(t), low, high)``, ``SNR = abar / (1 - abar)``."""
     return (alpha_bar / (1 - alpha_bar).clamp_min(1e-12)).clamp(low, high)
+
+
+def sample_timesteps(
+    num: int,
+    timesteps: int,
+    beta: float = 1.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Training times t in 1..T, int64 ``[num]``: the noise level t/T drawn from Beta(1, ``beta``).
+
+    ``beta = 1`` is the uniform draw of DDPM and EQGAT-diff (the same random stream as
+    ``torch.randint``, so old runs reproduce); ``beta > 1`` spends more of training near the
+    clean end (density ``beta (1 - s)^(beta - 1)``; ``beta = 2`` is SemlaFlow's Beta(2, 1)
+    time draw in the flow convention), where the last sampling steps fix bond lengths.
+    Drawn by inverting the CDF ``1 - (1 - s)^beta`` so that ``generator`` is honoured.
+    """
+    if beta <= 0:
+        raise ValueError(f"timestep beta must be > 0, got {beta}")
+    if beta == 1.0:
+        return torch.randint(1, timesteps + 1, (num,), device=device, generator=generator)
+    u = torch.rand(num, device=device, generator=generator, dtype=torch.float64)
+    s = 1 - (1 - u).pow(1.0 / beta)
+    return (s * timesteps).ceil().long().clamp_(1, timesteps)

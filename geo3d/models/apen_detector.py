@@ -50,7 +50,7 @@ from typing_extensions import Self
 from geo3d.models.apen import APEN, APENConfig
 from geo3d.models.config import FrameDetectionHeadConfig, ModelConfig, PositiveInt
 from geo3d.nn.heads.detection import VoteHeadSpec
-from geo3d.nn.heads.frame_detection import FrameVoteHead, decode_frame_detections
+from geo3d.nn.heads.frame_detection import FrameVoteHead
 
 
 class APENDetectorConfig(FrameDetectionHeadConfig):
@@ -181,8 +181,8 @@ class APENDetector(nn.Module):
         return {**out, **det, "seed_index": seeds["seed_idx"]}
 
     def decode(self, outputs: dict[str, Tensor], **kwargs: Any) -> list[dict[str, Tensor]]:
-        """Boxes per scene (see :func:`decode_frame_detections`): ``boxes [K, 7]``, ``scores``, ``labels``."""
-        return decode_frame_detections(outputs, self.head.mean_sizes, **kwargs)
+        """Boxes per scene (see :meth:`~geo3d.nn.heads.detection.VoteGroupingHead.decode`): ``boxes [K, 7]``, ``scores``, ``labels``."""
+        return self.head.decode(outputs, **kwargs)
 
 
 def part_proposals(vote: Tensor, part: Tensor, part_batch: Tensor, points_per_scene: int) -> Tensor:

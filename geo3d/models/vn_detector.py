@@ -53,7 +53,7 @@ from typing_extensions import Self
 from geo3d.models.config import FrameDetectionHeadConfig, ModelConfig, PositiveInt
 from geo3d.models.votenet import abstraction_levels, ball_group, check_levels, interpolate, scene_ptr
 from geo3d.nn.heads.detection import VoteHeadSpec
-from geo3d.nn.heads.frame_detection import FrameVoteHead, decode_frame_detections
+from geo3d.nn.heads.frame_detection import FrameVoteHead
 from geo3d.nn.heads.point_grouping import PointMLP
 from geo3d.nn.vector_neurons import VNInvariant, VNLinear, VNLinearBNLeakyReLU, VNMaxPool
 
@@ -189,5 +189,5 @@ class VNDetector(nn.Module):
         return {**self.head(pos, feat, vote, axis), "seed_index": index}
 
     def decode(self, outputs: dict[str, Tensor], **kwargs: Any) -> list[dict[str, Tensor]]:
-        """Boxes per scene (:func:`~geo3d.nn.heads.frame_detection.decode_frame_detections`)."""
-        return decode_frame_detections(outputs, self.head.mean_sizes, **kwargs)
+        """Boxes per scene (:meth:`~geo3d.nn.heads.detection.VoteGroupingHead.decode`)."""
+        return self.head.decode(outputs, **kwargs)

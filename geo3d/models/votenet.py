@@ -254,5 +254,5 @@ class VoteNet(nn.Module):
         return out
 
     def decode(self, outputs: dict[str, Tensor], **kwargs: Any) -> list[dict[str, Tensor]]:
-        """Boxes per scene (see :func:`geo3d.nn.heads.detection.decode_detections`)."""
+        """Boxes per scene (see :meth:`geo3d.nn.heads.detection.VoteGroupingHead.decode`)."""
         return self.head.decode(outputs, **kwargs)

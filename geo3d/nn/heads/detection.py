@@ -128,6 +128,22 @@ class VoteGroupingHead(nn.Module):
             f"vote_k={self.vote_k}"
         )
 
+    def boxes(self, outputs: dict[str, Tensor]) -> Tensor:
+        """World-frame boxes ``[B, P, 7]`` of every proposal; each head reads its own heading coding."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def decode(
+        self,
+        outputs: dict[str, Tensor],
+        nms_iou: float = 0.25,
+        score_threshold: float = 0.05,
+        per_class_nms: bool = True,
+    ) -> list[dict[str, Tensor]]:
+        """Head outputs -> one dict per scene (``boxes [K, 7]``, ``scores [K]``, ``labels [K]``):
+        :meth:`boxes`, then :func:`select_detections` (score threshold, NMS)."""
+        return select_detections(self.boxes(outputs), outputs, nms_iou, score_threshold, per_class_nms)
+
 
 class DetectionHead(VoteGroupingHead):
     """Seeds -> votes -> proposals with box parameters (VoteNet's voting and proposal modules).
@@ -179,16 +195,9 @@ class DetectionHead(VoteGroupingHead):
             **split_box_parameters(out[..., 5:], self.num_heading_bins, self.num_classes),
         }
 
-    @torch.no_grad()
-    def decode(
-        self,
-        outputs: dict[str, Tensor],
-        nms_iou: float = 0.25,
-        score_threshold: float = 0.05,
-        per_class_nms: bool = True,
-    ) -> list[dict[str, Tensor]]:
-        """Boxes per scene: see :func:`decode_detections` (with this head's mean sizes)."""
-        return decode_detections(outputs, self.mean_sizes, nms_iou, score_threshold, per_class_nms)
+    def boxes(self, outputs: dict[str, Tensor]) -> Tensor:
+        """World-frame boxes ``[B, P, 7]`` of every proposal (the most likely bins and classes)."""
+        return most_likely_boxes(outputs, self.mean_sizes)
 
 
 @torch.no_grad()

@@ -43,7 +43,7 @@ approximate: FPS over all of a scene's votes and the grouping radius can mix
 objects.
 
 :func:`frame_detection_loss` is VoteNet's loss with the heading terms taken
-relative to the frame; :func:`decode_frame_detections` turns outputs into boxes.
+relative to the frame; :meth:`FrameVoteHead.decode` turns outputs into boxes.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from geo3d.nn.heads.box_coding import (
     most_likely_boxes,
     split_box_parameters,
 )
-from geo3d.nn.heads.detection import VoteGroupingHead, VoteHeadSpec, group_proposals, select_detections
+from geo3d.nn.heads.detection import VoteGroupingHead, VoteHeadSpec, group_proposals
 from geo3d.nn.heads.detection_loss import NEAR_THRESHOLD, detection_loss
 from geo3d.nn.heads.point_grouping import PointMLP, gather_points
 
@@ -175,26 +175,16 @@ class FrameVoteHead(VoteGroupingHead):
             **split_box_parameters(out[..., 2:], self.num_heading_bins, self.num_classes),
         }
 
+    def boxes(self, outputs: dict[str, Tensor]) -> Tensor:
+        """World-frame boxes ``[B, P, 7]``: the heading bins read relative to each proposal's frame."""
+        return frame_boxes(outputs, self.mean_sizes)
+
 
 def frame_boxes(outputs: dict[str, Tensor], mean_sizes: Tensor) -> Tensor:
     """World-frame boxes ``[B, P, 7]`` (yaw in ``[-pi, pi)``) from :class:`FrameVoteHead` outputs."""
     boxes = most_likely_boxes(outputs, mean_sizes)
     relative = boxes[..., 6] / 2  # the bins cover a half turn: angle_to_class of twice the angle
     return torch.cat([boxes[..., :6], _wrap(outputs["heading_frame"] + relative)[..., None]], dim=-1)
-
-
-@torch.no_grad()
-def decode_frame_detections(
-    outputs: dict[str, Tensor],
-    mean_sizes: Tensor,
-    nms_iou: float = 0.25,
-    score_threshold: float = 0.05,
-    per_class_nms: bool = True,
-) -> list[dict[str, Tensor]]:
-    """Boxes per scene, as :func:`geo3d.nn.heads.detection.decode_detections` but with frame-relative headings."""
-    return select_detections(
-        frame_boxes(outputs, mean_sizes), outputs, nms_iou, score_threshold, per_class_nms
-    )
 
 
 def frame_heading_loss(outputs: dict[str, Tensor], gt_boxes: Sequence[Tensor]) -> tuple[Tensor, Tensor]:

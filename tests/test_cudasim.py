@@ -22,7 +22,7 @@ from helpers import random_tp_plan
 
 from geo3d.o3 import TPPlan
 from geo3d.ops import backend_status
-from geo3d.ops.tensor_product import (
+from geo3d.ops.tp_reference import (
     tensor_product_backward_reference,
     tensor_product_conv_backward_reference,
     tensor_product_conv_reference,

@@ -296,7 +296,7 @@ def test_warm_start_from_a_checkpoint(tmp_path, sdf_set, capsys):
 
 
 def test_cosine_schedule():
-    from geo3d.train.trainer import learning_rate
+    from geo3d.train.lr_schedule import learning_rate
 
     cfg = load_config_from_text(
         "task: eqgat_diff\noptim: {lr: 1.0, warmup_steps: 10, schedule: cosine, min_lr_ratio: 0.1}"

@@ -22,7 +22,8 @@ import torch
 from e3nn import o3
 from torch import Tensor, nn
 
-from geo3d.o3.tp_plan import TPPlan, channelwise_instructions, fully_connected_instructions, kernel_weights
+from geo3d.o3.instructions import channelwise_instructions, fully_connected_instructions
+from geo3d.o3.tp_plan import TPPlan, kernel_weights
 from geo3d.ops.tensor_product import tensor_product, tensor_product_conv
 
 

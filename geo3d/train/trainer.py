@@ -43,6 +43,7 @@ from geo3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from geo3d.registry import resolve_model
 from geo3d.train.config import ExperimentConfig
 from geo3d.train.ema import EMA
+from geo3d.train.lr_schedule import learning_rate
 from geo3d.train.precision import autocast_context
 from geo3d.train.run_log import RunLog
 
@@ -373,16 +374,6 @@ def compile_model(model: nn.Module) -> None:
         hook()
     else:
         model.compile(dynamic=True)
-
-
-def learning_rate(cfg: ExperimentConfig, step: int, total_steps: int) -> float:
-    """Linear warm-up, then constant or cosine decay to ``min_lr_ratio * lr`` at ``total_steps``."""
-    o = cfg.optim
-    lr = o.lr * min(1.0, (step + 1) / max(o.warmup_steps, 1))
-    if o.schedule == "cosine" and step >= o.warmup_steps:
-        progress = min(1.0, (step - o.warmup_steps) / max(total_steps - o.warmup_steps, 1))
-        lr = o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-    return lr
 
 
 def _evaluate(task: Task, model: nn.Module, ema: EMA, val_set: Dataset, rank: int) -> dict[str, Any]:

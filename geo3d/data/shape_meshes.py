@@ -1,10 +1,11 @@
-"""The meshes of the Shapes classes: two catalogues of builders, ``rng -> [[mesh, ...] per part]``.
+"""The meshes of the Shapes classes, ``class_meshes(label, rng, hard) -> [[mesh, ...] per part]``.
 
-:func:`standard_builders` and :func:`hard_builders` list the same 16 classes and parts
-(:data:`geo3d.data.shapes.CLASSES`) twice, on purpose: the standard builders' random draws
-define the standard set that the shipped point-cloud models were trained and scored on, so
-sharing code with the hard builders (which draw other proportions and arrangements from the
-same ``rng``) would change every standard instance and those scores. New classes go into both.
+One builder per class (:data:`geo3d.data.shapes.CLASSES`, same order), with both
+difficulties side by side. The two draw different proportions and arrangements from the
+same ``rng``, and the standard draws must stay exactly what they were: they define the
+standard set the shipped point-cloud models were trained and scored on. So a builder
+only shares code between its two variants where the random stream stays the same
+(``tests/test_shapes_hard.py`` pins both sets), and a new class needs both variants.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from trimesh import creation
 
 
 def placed(mesh, x=0.0, y=0.0, z=0.0):
@@ -33,132 +35,23 @@ def uniform(rng, lo, hi):
     return float(rng.uniform(lo, hi))
 
 
-def standard_builders():
-    """Standard builders: one per class, ``rng -> [[mesh, ...] per part]``."""
-    from trimesh import creation
+at, rot, u = placed, rotated, uniform
 
-    at, rot, u = placed, rotated, uniform
-
-    def box(rng):
-        return [[creation.box((u(rng, 0.5, 1.5), u(rng, 0.5, 1.5), u(rng, 0.5, 1.5)))]]
-
-    def sphere(rng):
-        m = creation.icosphere(subdivisions=3, radius=1.0)
-        m.apply_scale([u(rng, 0.8, 1.2), u(rng, 0.8, 1.2), u(rng, 0.8, 1.2)])
-        return [[m]]
-
-    def cylinder(rng):
-        return [[creation.cylinder(u(rng, 0.3, 0.7), u(rng, 1.0, 2.5), sections=32)]]
-
-    def cone(rng):
-        return [[creation.cone(u(rng, 0.4, 0.9), u(rng, 0.8, 2.0), sections=32)]]
-
-    def capsule(rng):
-        return [[creation.capsule(height=u(rng, 0.5, 2.0), radius=u(rng, 0.3, 0.6))]]
-
-    def torus(rng):
-        return [[creation.torus(u(rng, 0.7, 1.0), u(rng, 0.15, 0.4))]]
-
-    def table(rng):
-        w, d, h, t = u(rng, 1.2, 2.0), u(rng, 0.8, 1.4), u(rng, 0.8, 1.2), u(rng, 0.05, 0.15)
-        r = u(rng, 0.04, 0.1)
-        legs = [
-            at(creation.cylinder(r, h, sections=12), sx * (w / 2 - 2 * r), sy * (d / 2 - 2 * r), h / 2)
-            for sx in (-1, 1)
-            for sy in (-1, 1)
-        ]
-        return [[at(creation.box((w, d, t)), z=h + t / 2)], legs]
-
-    def chair(rng):
-        w, h, t, back = u(rng, 0.8, 1.1), u(rng, 0.8, 1.1), u(rng, 0.05, 0.12), u(rng, 0.7, 1.2)
-        r = u(rng, 0.03, 0.07)
-        legs = [
-            at(creation.cylinder(r, h, sections=12), sx * (w / 2 - 2 * r), sy * (w / 2 - 2 * r), h / 2)
-            for sx in (-1, 1)
-            for sy in (-1, 1)
-        ]
-        return [
-            [at(creation.box((w, w, t)), z=h + t / 2)],
-            legs,
-            [at(creation.box((w, t, back)), y=w / 2 - t / 2, z=h + t + back / 2)],
-        ]
-
-    def mug(rng):
-        r, h = u(rng, 0.4, 0.6), u(rng, 0.9, 1.4)
-        handle = rot(creation.torus(u(rng, 0.25, 0.35), u(rng, 0.04, 0.08)), [1, 0, 0], math.pi / 2)
-        return [[creation.cylinder(r, h, sections=32)], [at(handle, x=r + 0.2)]]
-
-    def lamp(rng):
-        base_h, pole_h = u(rng, 0.05, 0.15), u(rng, 1.0, 2.0)
-        shade = creation.cone(u(rng, 0.4, 0.7), u(rng, 0.4, 0.7), sections=32)
-        return [
-            [creation.cylinder(u(rng, 0.3, 0.5), base_h, sections=32)],
-            [at(creation.cylinder(u(rng, 0.03, 0.06), pole_h, sections=12), z=pole_h / 2)],
-            [at(shade, z=pole_h - 0.1)],
-        ]
-
-    def bottle(rng):
-        r, h = u(rng, 0.3, 0.5), u(rng, 1.0, 1.6)
-        nr, nh = u(rng, 0.1, 0.18), u(rng, 0.3, 0.6)
-        return [
-            [creation.cylinder(r, h, sections=32)],
-            [at(creation.cylinder(nr, nh, sections=24), z=h / 2 + nh / 2)],
-            [at(creation.cylinder(nr * 1.3, 0.1, sections=24), z=h / 2 + nh + 0.05)],
-        ]
-
-    def airplane(rng):
-        length, span = u(rng, 2.0, 3.0), u(rng, 2.0, 3.5)
-        body = rot(creation.capsule(height=length, radius=u(rng, 0.15, 0.25)), [0, 1, 0], math.pi / 2)
-        wing = creation.box((u(rng, 0.4, 0.7), span, 0.05))
-        tail = at(creation.box((0.3, u(rng, 0.6, 1.0), 0.04)), x=-length / 2)
-        fin = at(creation.box((0.3, 0.04, u(rng, 0.3, 0.6))), x=-length / 2, z=0.25)
-        return [[body], [wing], [tail, fin]]
-
-    def dumbbell(rng):
-        length, r = u(rng, 1.0, 2.0), u(rng, 0.25, 0.45)
-        bar = rot(creation.cylinder(u(rng, 0.05, 0.1), length, sections=16), [0, 1, 0], math.pi / 2)
-        weights = [at(creation.icosphere(2, r), x=s * length / 2) for s in (-1, 1)]
-        return [[bar], weights]
-
-    def snowman(rng):
-        r1, r2, r3 = u(rng, 0.5, 0.7), u(rng, 0.35, 0.5), u(rng, 0.2, 0.35)
-        return [
-            [creation.icosphere(2, r1)],
-            [at(creation.icosphere(2, r2), z=r1 + r2 * 0.8)],
-            [at(creation.icosphere(2, r3), z=r1 + 1.6 * r2 + r3 * 0.8)],
-        ]
-
-    def rocket(rng):
-        r, h = u(rng, 0.2, 0.35), u(rng, 1.5, 2.5)
-        fins = [
-            rot(at(creation.box((0.03, 0.4, 0.4)), y=r + 0.15, z=-h / 2 + 0.2), [0, 0, 1], k * math.pi / 2)
-            for k in range(4)
-        ]
-        return [
-            [creation.cylinder(r, h, sections=32)],
-            [at(creation.cone(r, u(rng, 0.4, 0.8), sections=32), z=h / 2)],
-            fins,
-        ]
-
-    def mushroom(rng):
-        stem_h = u(rng, 0.6, 1.2)
-        cap = creation.icosphere(3, u(rng, 0.5, 0.8))
-        cap.apply_scale([1, 1, u(rng, 0.4, 0.7)])
-        return [[creation.cylinder(u(rng, 0.1, 0.25), stem_h, sections=24)], [at(cap, z=stem_h / 2)]]
-
-    builders = [box, sphere, cylinder, cone, capsule, torus, table, chair, mug, lamp, bottle, airplane]
-    builders += [dumbbell, snowman, rocket, mushroom]
-    return builders
+# The hard variants: global distance statistics overlap across classes while the arrangement
+# of the parts still decides. The builders' shared pieces:
 
 
-# The hard variant (``difficulty="hard"``): same 16 classes and parts, built so that global
-# distance statistics overlap across classes while the arrangement of the parts still decides.
+def _corner_legs(radius, height, x, y):
+    """Four upright legs of the standard table and chair, at ``(+-x, +-y)`` (no random draws)."""
+    return [
+        placed(creation.cylinder(radius, height, sections=12), sx * x, sy * y, height / 2)
+        for sx in (-1, 1)
+        for sy in (-1, 1)
+    ]
 
 
 def _legs(feet_xy, height, radius, splay, sections):
     """Legs from ``(x, y, height)`` down to the floor, their feet pushed out by ``splay`` (a fraction)."""
-    from trimesh import creation
-
     return [
         creation.cylinder(
             radius, segment=[[x * (1 + splay), y * (1 + splay), 0.0], [x, y, height]], sections=sections
@@ -181,8 +74,6 @@ def _leg_layout(rng, half_w, half_d, round_top):
 
 def _pedestal(rng, height, foot_r):
     """A central column on a foot disk (a pedestal table or a swivel chair's base)."""
-    from trimesh import creation
-
     foot_t = uniform(rng, 0.03, 0.08)
     col_r = foot_r * uniform(rng, 0.12, 0.3)
     return [
@@ -191,40 +82,45 @@ def _pedestal(rng, height, foot_r):
     ]
 
 
-def hard_builders():
-    """Hard builders, one per class: ``rng -> [[mesh, ...] per part]``, parts as :func:`standard_builders`.
-
-    Wide, independent proportions and several arrangements per class (legs at the
-    corners, splayed or on a pedestal; handles at any height; high or low, swept
-    wings; spherical or disc weights; ...).
-    """
-    from trimesh import creation
-
-    at, rot, u = placed, rotated, uniform
-
-    def box(rng):
+def _box(rng, hard):
+    if hard:
         return [[creation.box(np.exp(rng.uniform(math.log(0.25), math.log(1.5), 3)))]]
+    return [[creation.box((u(rng, 0.5, 1.5), u(rng, 0.5, 1.5), u(rng, 0.5, 1.5)))]]
 
-    def sphere(rng):
-        m = creation.icosphere(subdivisions=3, radius=1.0)
-        m.apply_scale(rng.uniform(0.6, 1.4, 3))
-        return [[m]]
 
-    def cylinder(rng):
-        return [[creation.cylinder(u(rng, 0.15, 0.9), u(rng, 0.3, 3.0), sections=32)]]
+def _sphere(rng, hard):
+    m = creation.icosphere(subdivisions=3, radius=1.0)
+    lo, hi = (0.6, 1.4) if hard else (0.8, 1.2)
+    m.apply_scale(rng.uniform(lo, hi, 3))
+    return [[m]]
 
-    def cone(rng):
-        return [[creation.cone(u(rng, 0.25, 1.0), u(rng, 0.4, 2.5), sections=32)]]
 
-    def capsule(rng):
+def _cylinder(rng, hard):
+    (r0, r1), (h0, h1) = ((0.15, 0.9), (0.3, 3.0)) if hard else ((0.3, 0.7), (1.0, 2.5))
+    return [[creation.cylinder(u(rng, r0, r1), u(rng, h0, h1), sections=32)]]
+
+
+def _cone(rng, hard):
+    (r0, r1), (h0, h1) = ((0.25, 1.0), (0.4, 2.5)) if hard else ((0.4, 0.9), (0.8, 2.0))
+    return [[creation.cone(u(rng, r0, r1), u(rng, h0, h1), sections=32)]]
+
+
+def _capsule(rng, hard):
+    if hard:
         r = u(rng, 0.15, 0.7)
         return [[creation.capsule(height=r * u(rng, 1.0, 5.0), radius=r)]]
+    return [[creation.capsule(height=u(rng, 0.5, 2.0), radius=u(rng, 0.3, 0.6))]]
 
-    def torus(rng):
+
+def _torus(rng, hard):
+    if hard:
         major = u(rng, 0.6, 1.0)
         return [[creation.torus(major, major * u(rng, 0.1, 0.45), major_sections=32, minor_sections=12)]]
+    return [[creation.torus(u(rng, 0.7, 1.0), u(rng, 0.15, 0.4))]]
 
-    def table(rng):
+
+def _table(rng, hard):
+    if hard:
         w, h, t = u(rng, 1.0, 2.2), u(rng, 0.45, 1.3), u(rng, 0.03, 0.18)
         round_top = rng.random() < 0.35
         d = w if round_top else w * u(rng, 0.45, 1.0)
@@ -236,8 +132,14 @@ def hard_builders():
             feet = _leg_layout(rng, w / 2, d / 2, round_top)
             legs = _legs(feet, h, w * u(rng, 0.015, 0.05), u(rng, 0.0, 0.2), sections)
         return [[at(top, z=h + t / 2)], legs]
+    w, d, h, t = u(rng, 1.2, 2.0), u(rng, 0.8, 1.4), u(rng, 0.8, 1.2), u(rng, 0.05, 0.15)
+    r = u(rng, 0.04, 0.1)
+    legs = _corner_legs(r, h, w / 2 - 2 * r, d / 2 - 2 * r)
+    return [[at(creation.box((w, d, t)), z=h + t / 2)], legs]
 
-    def chair(rng):
+
+def _chair(rng, hard):
+    if hard:
         w, h, t = u(rng, 0.6, 1.2), u(rng, 0.45, 1.1), u(rng, 0.04, 0.12)
         d, back_h, back_t = w * u(rng, 0.8, 1.25), u(rng, 0.35, 1.3), u(rng, 0.03, 0.1)
         if rng.random() < 0.25:
@@ -258,8 +160,18 @@ def hard_builders():
         tilt = u(rng, 0.0, 0.35)  # leaning backwards, away from the seat
         back = [at(rot(m, [1, 0, 0], -tilt), y=d / 2 - back_t / 2, z=h + t) for m in back]
         return [[at(creation.box((w, d, t)), z=h + t / 2)], legs, back]
+    w, h, t, back = u(rng, 0.8, 1.1), u(rng, 0.8, 1.1), u(rng, 0.05, 0.12), u(rng, 0.7, 1.2)
+    r = u(rng, 0.03, 0.07)
+    legs = _corner_legs(r, h, w / 2 - 2 * r, w / 2 - 2 * r)
+    return [
+        [at(creation.box((w, w, t)), z=h + t / 2)],
+        legs,
+        [at(creation.box((w, t, back)), y=w / 2 - t / 2, z=h + t + back / 2)],
+    ]
 
-    def mug(rng):
+
+def _mug(rng, hard):
+    if hard:
         r, h = u(rng, 0.3, 0.7), u(rng, 0.5, 1.6)
         major = h * u(rng, 0.22, 0.4)
         handle = rot(
@@ -270,8 +182,13 @@ def hard_builders():
         handle.apply_scale([u(rng, 0.6, 1.1), 1, 1])  # round or flattened against the body
         z = u(rng, -1, 1) * max(0.0, h / 2 - major)
         return [[creation.cylinder(r, h, sections=32)], [at(handle, x=r + major * u(rng, 0.1, 0.5), z=z)]]
+    r, h = u(rng, 0.4, 0.6), u(rng, 0.9, 1.4)
+    handle = rot(creation.torus(u(rng, 0.25, 0.35), u(rng, 0.04, 0.08)), [1, 0, 0], math.pi / 2)
+    return [[creation.cylinder(r, h, sections=32)], [at(handle, x=r + 0.2)]]
 
-    def lamp(rng):
+
+def _lamp(rng, hard):
+    if hard:
         base_t = u(rng, 0.03, 0.15)
         if rng.random() < 0.7:
             base_r = u(rng, 0.2, 0.55)
@@ -290,8 +207,17 @@ def hard_builders():
             [at(creation.cylinder(pole_r, pole_h, sections=12), x=x, z=pole_h / 2)],
             [at(shade, x=x, z=pole_h - sh * u(rng, 0.05, 0.5))],
         ]
+    base_h, pole_h = u(rng, 0.05, 0.15), u(rng, 1.0, 2.0)
+    shade = creation.cone(u(rng, 0.4, 0.7), u(rng, 0.4, 0.7), sections=32)
+    return [
+        [creation.cylinder(u(rng, 0.3, 0.5), base_h, sections=32)],
+        [at(creation.cylinder(u(rng, 0.03, 0.06), pole_h, sections=12), z=pole_h / 2)],
+        [at(shade, z=pole_h - 0.1)],
+    ]
 
-    def bottle(rng):
+
+def _bottle(rng, hard):
+    if hard:
         r, h = u(rng, 0.22, 0.6), u(rng, 0.7, 2.0)
         nr, nh = r * u(rng, 0.25, 0.55), u(rng, 0.15, 0.7)
         body = [
@@ -310,8 +236,17 @@ def hard_builders():
             [at(creation.cylinder(nr, nh, sections=24), z=neck_z + nh / 2)],
             [at(creation.cylinder(cap_r, cap_h, sections=24), z=neck_z + nh + cap_h / 2)],
         ]
+    r, h = u(rng, 0.3, 0.5), u(rng, 1.0, 1.6)
+    nr, nh = u(rng, 0.1, 0.18), u(rng, 0.3, 0.6)
+    return [
+        [creation.cylinder(r, h, sections=32)],
+        [at(creation.cylinder(nr, nh, sections=24), z=h / 2 + nh / 2)],
+        [at(creation.cylinder(nr * 1.3, 0.1, sections=24), z=h / 2 + nh + 0.05)],
+    ]
 
-    def airplane(rng):
+
+def _airplane(rng, hard):
+    if hard:
         length, fr = u(rng, 1.6, 3.6), u(rng, 0.1, 0.3)
         body = rot(creation.capsule(height=length, radius=fr), [0, 1, 0], math.pi / 2)
         span, chord, sweep = u(rng, 1.2, 3.8), u(rng, 0.25, 0.8), u(rng, -0.1, 0.6)
@@ -329,8 +264,16 @@ def hard_builders():
         stab_z = fr * 0.5 + fin_h if rng.random() < 0.25 else 0.0  # a T-tail or a low tail
         stab = at(creation.box((u(rng, 0.2, 0.45), span * u(rng, 0.2, 0.45), 0.03)), x=tail_x, z=stab_z)
         return [[body], wings, [stab, fin]]
+    length, span = u(rng, 2.0, 3.0), u(rng, 2.0, 3.5)
+    body = rot(creation.capsule(height=length, radius=u(rng, 0.15, 0.25)), [0, 1, 0], math.pi / 2)
+    wing = creation.box((u(rng, 0.4, 0.7), span, 0.05))
+    tail = at(creation.box((0.3, u(rng, 0.6, 1.0), 0.04)), x=-length / 2)
+    fin = at(creation.box((0.3, 0.04, u(rng, 0.3, 0.6))), x=-length / 2, z=0.25)
+    return [[body], [wing], [tail, fin]]
 
-    def dumbbell(rng):
+
+def _dumbbell(rng, hard):
+    if hard:
         length, bar_r = u(rng, 0.6, 2.4), u(rng, 0.03, 0.12)
         bar = rot(creation.cylinder(bar_r, length, sections=16), [0, 1, 0], math.pi / 2)
         if rng.random() < 0.4:
@@ -346,8 +289,14 @@ def hard_builders():
                 for x0 in [s * (length / 2 - inset - (k + 1) * t)]
             ]
         return [[bar], weights]
+    length, r = u(rng, 1.0, 2.0), u(rng, 0.25, 0.45)
+    bar = rot(creation.cylinder(u(rng, 0.05, 0.1), length, sections=16), [0, 1, 0], math.pi / 2)
+    weights = [at(creation.icosphere(2, r), x=s * length / 2) for s in (-1, 1)]
+    return [[bar], weights]
 
-    def snowman(rng):
+
+def _snowman(rng, hard):
+    if hard:
         r1 = u(rng, 0.4, 0.8)
         r2 = r1 * u(rng, 0.55, 0.95)
         r3 = r2 * u(rng, 0.5, 0.95)
@@ -357,8 +306,16 @@ def hard_builders():
         for b in balls:
             b.apply_scale([1, 1, u(rng, 0.85, 1.1)])
         return [[balls[0]], [at(balls[1], z=z2)], [at(balls[2], z=z3)]]
+    r1, r2, r3 = u(rng, 0.5, 0.7), u(rng, 0.35, 0.5), u(rng, 0.2, 0.35)
+    return [
+        [creation.icosphere(2, r1)],
+        [at(creation.icosphere(2, r2), z=r1 + r2 * 0.8)],
+        [at(creation.icosphere(2, r3), z=r1 + 1.6 * r2 + r3 * 0.8)],
+    ]
 
-    def rocket(rng):
+
+def _rocket(rng, hard):
+    if hard:
         r, h = u(rng, 0.12, 0.45), u(rng, 0.8, 3.0)
         if rng.random() < 0.3:  # a rounded nose
             nose = creation.icosphere(2, r)
@@ -376,8 +333,20 @@ def hard_builders():
             for k in range(n)
         ]
         return [[creation.cylinder(r, h, sections=32)], [at(nose, z=h / 2)], fins]
+    r, h = u(rng, 0.2, 0.35), u(rng, 1.5, 2.5)
+    fins = [
+        rot(at(creation.box((0.03, 0.4, 0.4)), y=r + 0.15, z=-h / 2 + 0.2), [0, 0, 1], k * math.pi / 2)
+        for k in range(4)
+    ]
+    return [
+        [creation.cylinder(r, h, sections=32)],
+        [at(creation.cone(r, u(rng, 0.4, 0.8), sections=32), z=h / 2)],
+        fins,
+    ]
 
-    def mushroom(rng):
+
+def _mushroom(rng, hard):
+    if hard:
         stem_r, stem_h = u(rng, 0.07, 0.3), u(rng, 0.3, 1.4)
         cap_r = max(u(rng, 0.35, 1.0), 2.5 * stem_r)
         flat = u(rng, 0.25, 0.8)
@@ -385,7 +354,37 @@ def hard_builders():
         cap.apply_scale([1, 1, flat])
         cap_z = stem_h / 2 + cap_r * flat * u(rng, -0.3, 0.3)
         return [[creation.cylinder(stem_r, stem_h, sections=24)], [at(cap, z=cap_z)]]
+    stem_h = u(rng, 0.6, 1.2)
+    cap = creation.icosphere(3, u(rng, 0.5, 0.8))
+    cap.apply_scale([1, 1, u(rng, 0.4, 0.7)])
+    return [[creation.cylinder(u(rng, 0.1, 0.25), stem_h, sections=24)], [at(cap, z=stem_h / 2)]]
 
-    builders = [box, sphere, cylinder, cone, capsule, torus, table, chair, mug, lamp, bottle, airplane]
-    builders += [dumbbell, snowman, rocket, mushroom]
-    return builders
+
+_BUILDERS = [
+    _box,
+    _sphere,
+    _cylinder,
+    _cone,
+    _capsule,
+    _torus,
+    _table,
+    _chair,
+    _mug,
+    _lamp,
+    _bottle,
+    _airplane,
+    _dumbbell,
+    _snowman,
+    _rocket,
+    _mushroom,
+]
+
+
+def class_meshes(label: int, rng: np.random.Generator, hard: bool = False) -> list[list]:
+    """The meshes of one instance of class ``label``, grouped by part (``PARTS`` order).
+
+    ``hard``: wide, independent proportions and several arrangements per class (legs at
+    the corners, splayed or on a pedestal; handles at any height; high or low, swept
+    wings; spherical or disc weights; ...).
+    """
+    return _BUILDERS[label](rng, hard)

@@ -55,7 +55,6 @@ from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
 from geo3d.data.build_cache import load_or_build
-from geo3d.data.shape_meshes import hard_builders, standard_builders, uniform
 
 # (class name, part names); part ids are assigned in this order.
 CLASSES: list[tuple[str, list[str]]] = [
@@ -141,7 +140,7 @@ def _distractors(tri, part_of_face, rng, max_count, size):
     for _ in range(count):
         face = rng.choice(len(area), p=area / area.sum())
         template = _distractor_templates()[int(rng.integers(3))]
-        extra_tri.append(template * (radius * uniform(rng, *size)) + tri[face].mean(0))
+        extra_tri.append(template * (radius * float(rng.uniform(*size))) + tri[face].mean(0))
         extra_part.append(np.full(len(template), part_of_face[face]))
     return np.concatenate(extra_tri), np.concatenate(extra_part)
 
@@ -180,7 +179,9 @@ def _sample_standard(label: int, num_points: int, rng: np.random.Generator):
     """``(pos, normal, part)`` of a standard instance: area-uniform points on its primitives."""
     import trimesh
 
-    groups = standard_builders()[label](rng)
+    from geo3d.data.shape_meshes import class_meshes  # imports trimesh (1.5 s): only when building
+
+    groups = class_meshes(label, rng, hard=False)
     meshes, part_of_face = [], []
     for part, group in zip(PARTS[CLASS_NAMES[label]], groups, strict=True):
         for mesh in group:
@@ -199,11 +200,13 @@ def _sample_standard(label: int, num_points: int, rng: np.random.Generator):
 
 def _sample_hard(label: int, num_points: int, rng: np.random.Generator):
     """``(pos, normal, part)`` of a hard instance: stretched, with distractors, maybe cut by a plane."""
-    groups = hard_builders()[label](rng)
+    from geo3d.data.shape_meshes import class_meshes
+
+    groups = class_meshes(label, rng, hard=True)
     tri, part_of_face = _triangles(groups, PARTS[CLASS_NAMES[label]])
     tri = _stretch(tri, rng, HARD_STRETCH)
     tri, part_of_face = _distractors(tri, part_of_face, rng, HARD_DISTRACTORS, HARD_DISTRACTOR_SIZE)
-    cut = uniform(rng, 0.0, HARD_MAX_CUT) if rng.random() < HARD_CUT_PROB else 0.0
+    cut = float(rng.uniform(0.0, HARD_MAX_CUT)) if rng.random() < HARD_CUT_PROB else 0.0
     pos, face = _sample_surface(tri, rng, math.ceil(num_points / (1 - cut)))
     keep = _partial_view(pos, part_of_face[face], rng, num_points, HARD_MIN_PART_KEPT)
     pos, face = pos[keep], face[keep]

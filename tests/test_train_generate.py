@@ -281,11 +281,14 @@ def test_warm_start_from_a_checkpoint(tmp_path, sdf_set, capsys):
         ["train.max_steps=1", f"train.out_dir={tmp_path / 'warm'}", f"train.init_from={first}"],
     )
     cfg.model["denoiser"]["s_dim"] = 999  # ignored: the architecture comes from the checkpoint
+    cfg.model["timestep_beta"] = 2.0  # used: the training objective comes from this config
     train(make_task(cfg), cfg)
     printed = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert "model keys ['denoiser'] differ from it and are not used" in printed
+    assert "training with this config's ['timestep_beta']" in printed
     warm = load_checkpoint(tmp_path / "warm" / "last.pt")
-    assert warm["config"] == init["config"]
+    assert "timestep_beta" not in init["config"]  # configs are stored as written
+    assert warm["config"] == {**init["config"], "timestep_beta": 2.0}
     assert warm["extra"]["train_state"]["step"] == 1
     moved = max(
         (warm["extra"]["train_state"]["model"][k] - v).abs().max().item()

@@ -61,6 +61,7 @@ class EQGATDiffusionConfig(ModelConfig):
     """EQGAT-diff: the denoiser (nested), the noise schedules, the loss weights and the priors."""
 
     arch: ClassVar[str] = "eqgat_diff"
+    training_keys: ClassVar[tuple[str, ...]] = ("loss_weights", "snr_clip", "timestep_beta")
 
     denoiser: EQGATDenoiserConfig = Field(default_factory=dict)
     timesteps: PositiveInt = 500

@@ -40,7 +40,7 @@ from torch.utils.data import Dataset, DistributedSampler, RandomSampler
 from torch_geometric.loader import DataLoader
 
 from geo3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from geo3d.registry import resolve_model
+from geo3d.registry import config_class, resolve_model
 from geo3d.train.config import ExperimentConfig
 from geo3d.train.ema import EMA
 from geo3d.train.lr_schedule import learning_rate
@@ -110,7 +110,8 @@ def _start_config(
     """The model config to build, and ``(path, checkpoint)`` of ``train.init_from`` for a warm start.
 
     Resuming: ``last.pt``'s config. Warm start of the same architecture: the checkpoint's config and
-    all its weights; of another one: this config's model, one of whose parts (``warm_start_parts``)
+    all its weights, but this config's ``training_keys`` (the objective: loss weights, time draw); of
+    another one: this config's model, one of whose parts (``warm_start_parts``)
     takes the checkpoint whole. Otherwise the task's config from the training set.
     """
     if state is not None:
@@ -121,13 +122,26 @@ def _start_config(
     init = load_checkpoint(init_path)
     if init["arch"] != task.arch:
         return task.model_config(train_set), (init_path, init)
-    unused = sorted(k for k, v in cfg.model.items() if k in init["config"] and init["config"][k] != v)
+    # The architecture comes from the checkpoint; the training objective from this config (a key
+    # it leaves out means the default, as everywhere). Configs are stored as written, not resolved.
+    schema = config_class(task.arch)
+    default = {k: schema.model_fields[k].get_default(call_default_factory=True) for k in schema.training_keys}
+    objective = {k: cfg.model[k] for k in schema.training_keys if k in cfg.model}
+    unused = sorted(
+        k
+        for k, v in cfg.model.items()
+        if k in init["config"] and init["config"][k] != v and k not in schema.training_keys
+    )
     if unused and rank == 0:
         console.print(
             f"[yellow]train.init_from: the model config comes from {init_path} (same "
             f"architecture); this config's model keys {unused} differ from it and are not used[/yellow]"
         )
-    return init["config"], (init_path, init)
+    changed = sorted(k for k in default if objective.get(k, default[k]) != init["config"].get(k, default[k]))
+    if changed and rank == 0:
+        console.print(f"train.init_from: training with this config's {changed}, not the checkpoint's")
+    kept = {k: v for k, v in init["config"].items() if k not in default}
+    return {**kept, **objective}, (init_path, init)
 
 
 class _Run:

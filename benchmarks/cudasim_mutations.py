@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import write_section  # noqa: E402
 
 # Kernel files, relative to cuda_ext/.
 TP = "tensor_product/tensor_product_cuda_kernels.cu"
@@ -275,18 +277,22 @@ def main() -> None:
     ]
     for n, m, verdict, detail in rows:
         lines.append(f"| {n} | `{m.file}` | {m.kind} | {m.what} | {verdict} | {detail} |")
+    lines += [
+        "",
+        f"- versions: Python {platform.python_version()}, gcc {_gcc_version()}; no GPU (the kernels run "
+        "on geo3d's CPU simulator of the CUDA execution model).",
+    ]
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:
-        text = args.out.read_text() if args.out.exists() else ""
-        head = "## cudasim mutations"
-        if head in text:
-            start = text.index(head)
-            end = text.find("\n## ", start + len(head))
-            text = text[:start] + table + ("" if end < 0 else text[end:])
-        else:
-            text = text.rstrip() + "\n\n" + table
-        args.out.write_text(text)
+        write_section(args.out, table, "cudasim-mutations")
+
+
+def _gcc_version() -> str:
+    try:
+        return subprocess.run(["gcc", "-dumpfullversion"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ class TrainConfig(_Strict):
     compile: bool = False
     # Warm start: a shipped model name or checkpoint path whose architecture config and
     # weights (raw and EMA) seed a fresh run; ignored when out_dir already holds last.pt.
-    # A checkpoint of another architecture seeds the part of this model that declares it
+    # The training objective (the architecture's ``training_keys``, e.g. EQGAT-diff's loss
+    # weights and timestep_beta) comes from this config, not the checkpoint. A checkpoint of another architecture seeds the part of this model that declares it
     # (``warm_start_parts``, e.g. apen -> apen_detector's backbone); the rest starts fresh.
     init_from: str | None = None
 

@@ -103,6 +103,9 @@ def test_build_report_split_and_cache_round_trip(qm9_dir, tmp_path, capsys):
     path = build_qm9_cache(qm9_dir, cache, num_workers=0, progress=False)
     printed = capsys.readouterr().out
     assert "bond_determination_failed: 1" in printed and "smiles_mismatch: 1" in printed
+    # the wait is announced before it starts, with the number of molecules and where the cache goes
+    assert printed.index("QM9: bonds from geometry for 10 molecules") < printed.index("bond_determination")
+    assert str(path) in printed.splitlines()[0]
     store = load_qm9_cache(path)  # weights_only=True
     report = store["report"]
     assert report["total"] == 10 and report["kept"] == 7

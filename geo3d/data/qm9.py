@@ -212,6 +212,12 @@ def build_qm9_cache(
 
     if num_workers is None:
         num_workers = min(os.cpu_count() or 1, 8)
+    if verbose:  # the bar below is invisible when output goes to a file: say what the wait is for
+        print(
+            f"QM9: bonds from geometry for {len(records):,} molecules on {max(num_workers, 1)} process(es), "
+            f"once per machine (about 15 min per core); cache: {path}",
+            flush=True,
+        )
     jobs = ((r, accept_resonance) for r in records)
     results: list[tuple[str, int, str, Processed | str]] = []
     with contextlib.ExitStack() as stack:

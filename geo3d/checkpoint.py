@@ -69,16 +69,42 @@ def save_checkpoint(
     return path
 
 
-def export_checkpoint(src: str | Path, dst: str | Path, metrics: Mapping[str, Any] | None = None) -> Path:
-    """Inference-only copy of a training checkpoint: EMA weights, config and metrics, no optimiser state."""
+def export_checkpoint(
+    src: str | Path,
+    dst: str | Path,
+    metrics: Mapping[str, Any] | None = None,
+    ema_decay: float | None = None,
+) -> Path:
+    """Inference-only copy of a training checkpoint: EMA weights, config and metrics, no optimiser state.
+
+    ``ema_decay`` picks one of the run's ``train.ema_extra_decays`` shadows (kept in its ``last.pt``)
+    instead of the main one; the validation metrics, which scored the main shadow, are then left out
+    and ``metrics["ema_decay"]`` says which shadow this is.
+
+    Raises:
+        CheckpointError: ``ema_decay`` is not one of the decays ``src`` holds (the message lists them).
+    """
     ckpt = load_checkpoint(src)
+    state_dict, kept = ckpt["state_dict"], dict(ckpt["metrics"])
+    if ema_decay is not None:
+        ts = ckpt["extra"].get("train_state", {})
+        shadows = (
+            {e["decay"]: e["shadow"] for e in [ts["ema"], *ts.get("ema_extra", [])]} if "ema" in ts else {}
+        )
+        if ema_decay not in shadows:
+            held = sorted(shadows) or "none (not a training checkpoint's last.pt)"
+            raise CheckpointError(f"{src}: no EMA shadow of decay {ema_decay}; it holds {held}")
+        if ema_decay != ts["ema"]["decay"]:
+            state_dict = shadows[ema_decay]
+            kept = {k: kept[k] for k in ("headline", "epoch", "step") if k in kept}
+        kept["ema_decay"] = ema_decay
     return save_checkpoint(
         dst,
         arch=ckpt["arch"],
         task=ckpt["task"],
         config=ckpt["config"],
-        state_dict=ckpt["state_dict"],
-        metrics={**ckpt["metrics"], **(metrics or {})},
+        state_dict=state_dict,
+        metrics={**kept, **(metrics or {})},
     )
 
 

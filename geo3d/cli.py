@@ -392,12 +392,15 @@ def detect(
 def export(
     src: Path = typer.Argument(..., help="Training checkpoint (runs/.../best.pt)."),
     dst: Path = typer.Argument(..., help="Output file, e.g. geo3d/checkpoints/NAME.pt."),
+    ema_decay: float | None = typer.Option(
+        None, "--ema-decay", help="Export this shadow of train.ema_extra_decays (from a last.pt)."
+    ),
 ) -> None:
     """Inference-only copy of a training checkpoint (EMA weights, config, metrics; no optimiser state)."""
     from geo3d.checkpoint import CheckpointError, export_checkpoint
 
     try:
-        out = export_checkpoint(src, dst)
+        out = export_checkpoint(src, dst, ema_decay=ema_decay)
     except (FileNotFoundError, CheckpointError) as exc:
         _fail(str(exc))
     console.print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MB)")

@@ -377,3 +377,41 @@ def test_torchrun_data_parallel_potential(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     state = load_checkpoint(tmp_path / "pot" / "last.pt")
     assert state["extra"]["train_state"]["step"] == 2  # 16 frames, batch 4 per rank, 2 ranks
+
+
+def test_extra_ema_shadows_are_kept_resumed_and_exported(tmp_path, sdf_set):
+    # no validation (not what is tested here); 0.2 < the warm-up ramp (1 + step) / (10 + step) from step 2
+    extra = [
+        "train.ema_extra_decays=[0.999, 0.0, 0.2]",
+        "train.eval_on_stop=false",
+        "train.eval_every_epochs=9",
+    ]
+    cfg = load_config(_config(tmp_path, sdf_set), ["train.max_steps=4", *extra])
+    train(make_task(cfg), cfg)
+    whole = load_checkpoint(tmp_path / "run" / "last.pt")["extra"]["train_state"]
+    ts = whole
+    assert [e["decay"] for e in ts["ema_extra"]] == [0.999, 0.0, 0.2]
+    same, last, mid = (e["shadow"] for e in ts["ema_extra"])
+    for k, v in ts["model"].items():  # oracles: the main decay's twin is the main shadow, decay 0 the weights
+        assert torch.equal(same[k], ts["ema"]["shadow"][k]) and torch.equal(last[k], v)
+    assert any(not torch.equal(mid[k], same[k]) for k in mid if mid[k].dtype.is_floating_point)
+
+    # stopped after 2 steps and resumed: the shadows continue as in the run without a stop
+    cut = tmp_path / "cut"
+    cfg = load_config(_config(tmp_path, sdf_set), ["train.max_steps=2", *extra, f"train.out_dir={cut}"])
+    train(make_task(cfg), cfg)
+    cfg = load_config(_config(tmp_path, sdf_set), ["train.max_steps=4", *extra, f"train.out_dir={cut}"])
+    train(make_task(cfg), cfg)
+    resumed = load_checkpoint(cut / "last.pt")["extra"]["train_state"]
+    for k, v in whole["ema_extra"][2]["shadow"].items():
+        torch.testing.assert_close(resumed["ema_extra"][2]["shadow"][k], v, rtol=1e-6, atol=1e-7)
+
+    out = tmp_path / "last_weights.pt"
+    result = runner.invoke(app, ["export", str(tmp_path / "run" / "last.pt"), str(out), "--ema-decay", "0.0"])
+    assert result.exit_code == 0, result.output
+    exported = load_checkpoint(out)
+    assert all(torch.equal(exported["state_dict"][k], v) for k, v in ts["model"].items())
+    assert exported["metrics"]["ema_decay"] == 0.0
+    result = runner.invoke(app, ["export", str(tmp_path / "run" / "last.pt"), str(out), "--ema-decay", "0.5"])
+    assert result.exit_code == 1
+    assert "no EMA shadow of decay 0.5; it holds [0.0, 0.2, 0.999]" in _plain(result.output)

@@ -33,6 +33,10 @@ class TrainConfig(_Strict):
     epochs: int = Field(300, ge=1)
     batch_size: int = Field(32, ge=1)
     ema_decay: float = Field(0.999, ge=0, lt=1)
+    # More EMA shadows, each updated every step beside the main one (about 1 ms per 1 M parameters)
+    # and kept in last.pt: one run compares EMA decays (`geo3d export --ema-decay D`). Validation,
+    # best.pt and the default export use ema_decay's.
+    ema_extra_decays: list[Annotated[float, Field(ge=0, lt=1)]] = []
     seed: int = 42
     out_dir: str = "runs/experiment"
     checkpoint_every_steps: int = Field(200, ge=1)

@@ -163,6 +163,7 @@ class _Run:
             fused=dev.type in ("cpu", "cuda") and all(p.is_floating_point() for p in model.parameters()),
         )
         self.ema = EMA(model, cfg.train.ema_decay)
+        self.ema_extra = [EMA(model, d) for d in cfg.train.ema_extra_decays]
         self.step, self.epoch, self.best = 0, 0, -math.inf
         self.metrics: dict[str, Any] = {}
         self.ddp_model = model
@@ -177,6 +178,9 @@ class _Run:
         self.model.load_state_dict(ts["model"])
         self.optimizer.load_state_dict(ts["optimizer"])
         self.ema.load_state_dict(ts["ema"])
+        saved = {e["decay"]: e for e in ts.get("ema_extra", [])}
+        for ema in self.ema_extra:  # a decay added on resume starts from the main shadow
+            ema.load_state_dict(saved.get(ema.decay, {**ts["ema"], "decay": ema.decay}))
         self.step, self.epoch, self.best = ts["step"], ts["epoch"], ts["best"]
         if "torch_rng" in ts:  # dropout etc.: continue the random stream exactly where it stopped
             torch.set_rng_state(ts["torch_rng"])
@@ -199,6 +203,7 @@ class _Run:
                     "model": self.model.state_dict(),
                     "optimizer": self.optimizer.state_dict(),
                     "ema": self.ema.state_dict(),
+                    "ema_extra": [e.state_dict() for e in self.ema_extra],
                     "step": self.step,
                     "epoch": self.epoch,
                     "best": self.best,
@@ -265,7 +270,8 @@ class _Run:
         loss.backward()
         gnorm = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip))
         self.optimizer.step()
-        self.ema.update(self.model)
+        for ema in (self.ema, *self.ema_extra):
+            ema.update(self.model)
         self.step += 1
         return lr, loss, parts, gnorm
 
@@ -306,7 +312,8 @@ def train(
         _warm_start(model, task.arch, init[1], f"{init[0]} (train.init_from)")
     run = _Run(task, cfg, dev, model_config, model)
     if init is not None:
-        run.ema.step = 10**6  # already-trained weights: average at the full decay from the first step
+        for ema in (run.ema, *run.ema_extra):  # already-trained weights: the full decay from the first step
+            ema.step = 10**6
         if rank == 0:
             console.print(f"warm start from {init[0]}")
     if state is not None:

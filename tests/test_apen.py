@@ -173,6 +173,34 @@ def test_permutation_equivariance_and_batch_independence():
     assert torch.allclose(both["seg_logits"][: len(pos)], a["seg_logits"], atol=1e-5)
 
 
+def test_priority_keyed_sampling_follows_the_points_under_reordering():
+    """With ``point_priority`` (as ``geo3d detect`` passes it) the random initial parts and the sampled
+    assignments are functions of the points: a reordered cloud gives the reordered output. Without it
+    the same generator seed gives other parts (the draws follow the indices): the control."""
+    from geo3d.apps.detect import point_priority
+
+    gen = torch.Generator().manual_seed(6)
+    pos, _, _ = scene(gen, num_objects=3, n=60)
+    model = APEN({**SMALL, "num_fps_parts": 3, "num_random_parts": 6, "sampling": "always"}).eval()
+    prio = point_priority(pos.float())
+    perm = torch.randperm(len(pos), generator=gen)
+
+    def run(idx, priority=True):
+        d = Data(pos=pos[idx].float(), **({"point_priority": prio[idx]} if priority else {}))
+        with torch.no_grad():
+            return model(Batch.from_data_list([d]), generator=torch.Generator().manual_seed(0))
+
+    ident = torch.arange(len(pos))
+    a, b = run(ident), run(perm)
+    for pa, pb in zip(a["partitions"], b["partitions"], strict=True):
+        pa = pa[perm]
+        assert torch.equal(pa[:, None] == pa[None], pb[:, None] == pb[None])
+    assert torch.allclose(a["seg_logits"][perm], b["seg_logits"], atol=1e-5)
+    c, d = run(ident, priority=False), run(perm, priority=False)
+    pc, pd = c["partition"][perm], d["partition"]
+    assert not torch.equal(pc[:, None] == pc[None], pd[:, None] == pd[None])
+
+
 def piecewise_error(model, num_objects=4, seeds=(0, 1, 2)):
     """Mean over scenes of the largest logit change under independent rigid motions of the objects,
     with predicted partitions; and the fraction of initial parts that straddle two objects."""

@@ -197,12 +197,15 @@ def test_shipped_detectors_carry_a_calibrated_threshold(apen_rooms):
     assert calibrated_score_threshold(torch.nn.Linear(1, 1)) == DEFAULT_SCORE_THRESHOLD
 
 
-@pytest.mark.parametrize("scan_name", ["dense-floor", "walls"])
+@pytest.mark.parametrize("scan_name", ["issue-21", "dense-floor", "walls"])
 def test_apen_detect_is_deterministic_and_moves_with_the_scan(apen_rooms, scan_name):
-    """Same file: the same boxes, exactly. Rotated 0.6 rad about z and moved: the moved boxes, up to
-    round-off (issue 21 measured a 0.20 m median centre shift before). Exact when the subsample is the
-    same, as in these two scans; in the issue's own scan one point sits at a priority-cell wall, the
-    subsample differs by it and the boxes move by 0.13 m (benchmarks/RESULTS.md)."""
+    """Same file: the same boxes, exactly. Rotated 0.6 rad about z and moved, or its points reordered:
+    the moved boxes, up to round-off (issue 21 measured a 0.20 m median centre shift before). In the
+    issue's own scan 3 points sit at a priority-cell wall and change priority, which reorders the
+    subsample; before APEN's sampled assignments were keyed by priority, that alone moved the boxes
+    by 0.13 m (benchmarks/RESULTS.md). Those 3 points still draw other assignment noise, which moves
+    2 of its 4 boxes by 1-2 cm and 3-11 degrees: there the issue's median is asserted, elsewhere
+    every box."""
     scan = make_probe_scan(**PROBE_SET[scan_name])
     n = int(apen_rooms.geo3d_checkpoint["config"]["num_points"])
     first = detect(apen_rooms, fit_points(scan.data(), n)[0])
@@ -210,19 +213,25 @@ def test_apen_detect_is_deterministic_and_moves_with_the_scan(apen_rooms, scan_n
     assert len(first["boxes"]) >= 2
     for key in ("boxes", "scores", "labels", "point_class"):
         assert torch.equal(first[key], second[key]), key
+    perm = torch.randperm(len(scan.pos), generator=torch.Generator().manual_seed(0))
+    shuffled = detect(apen_rooms, fit_points(Data(pos=scan.pos[perm]), n)[0])
+    assert len(shuffled["boxes"]) == len(first["boxes"])
+    assert torch.equal(shuffled["boxes"], first["boxes"])  # the same points in the same order
     turned = detect(apen_rooms, fit_points(Data(pos=_move(scan.pos)), n)[0])
     assert len(turned["boxes"]) == len(first["boxes"])
     moved = _move(first["boxes"][:, :3])
     dist, j = ((moved[:, None] - turned["boxes"][None, :, :3]) ** 2).sum(-1).sqrt().min(1)
-    assert float(dist.max()) < 0.05
     turn = (
         torch.remainder(turned["boxes"][j, 6] - first["boxes"][:, 6] - 0.6 + math.pi / 2, math.pi)
         - math.pi / 2
-    )
-    assert float(turn.abs().max()) < math.radians(5)
-    assert torch.allclose(turned["boxes"][j, 3:6], first["boxes"][:, 3:6], atol=1e-3)
+    ).abs()
+    assert float(dist.median()) < 1e-4 and float(turn.median()) < math.radians(0.1)
+    if scan_name != "issue-21":
+        assert float(dist.max()) < 1e-4 and float(turn.max()) < math.radians(0.1)
+        assert torch.allclose(turned["boxes"][j, 3:6], first["boxes"][:, 3:6], atol=1e-3)
+    assert float(dist.max()) < 0.05
     # one box per object here (walls: the model, trained without walls, also boxes wall stretches)
-    if scan_name == "dense-floor":
+    if scan_name != "walls":
         assert abs(len(first["boxes"]) - len(scan.boxes)) <= 1
 
 

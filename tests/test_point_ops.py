@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import KERNEL_BACKENDS_HERE
 
+from geo3d.ops.hashing import keyed_uniform
 from geo3d.ops.point_ops import fps, knn_graph
 
 BACKENDS = ["reference", *KERNEL_BACKENDS_HERE]
@@ -126,3 +127,17 @@ def test_fps_spreads_points():
     assert (idx[0] < 50) != (idx[1] < 50)
     with pytest.raises(ValueError, match="ratio must be in"):
         fps(pos, ratio=0.0)
+
+
+def test_keyed_uniform_is_uniform_follows_its_keys_and_separates_salts():
+    key = torch.arange(200_000, dtype=torch.long) * 7919 - 10**9  # negative keys too
+    u = keyed_uniform(key, salt=3, columns=4)
+    assert u.shape == (200_000, 4) and u.dtype == torch.float64
+    assert bool(((u > 0) & (u <= 1)).all())
+    counts = torch.histc(u.flatten(), bins=10, min=0, max=1) / u.numel()
+    assert float((counts - 0.1).abs().max()) < 0.003  # 800k draws: +-0.0003 a bin is one sigma
+    perm = torch.randperm(len(key), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(keyed_uniform(key[perm], 3, 4), u[perm])  # a row is a function of its key
+    other = keyed_uniform(key, salt=4, columns=4)
+    for a, b in [(u[:, 0], other[:, 0]), (u[:, 0], u[:, 1])]:  # salts and columns: uncorrelated
+        assert abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1])) < 0.01

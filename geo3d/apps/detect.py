@@ -16,7 +16,10 @@ make it so:
   repeating points in priority order (a smaller one).
 - APEN detectors draw their random initial parts from the same priorities
   (``point_priority``, see :func:`geo3d.nn.partition.random_fill`) rather than from
-  a random generator; their FPS steps start at the point farthest from the
+  a random generator, and the noise of their sampled part assignments from hashes
+  of them (:func:`geo3d.nn.partition.assign_parts`): a generator's draws follow the
+  point order, and the 3 points of 28,000 whose priority flips at a cell wall
+  reorder the subsample. Their FPS steps start at the point farthest from the
   centroid. Everything after is a function of the points.
 
 Boxes then go through the model's per-class 3D NMS (IoU ``nms_iou``) and a
@@ -42,20 +45,11 @@ from torch_geometric.data import Batch, Data
 
 from geo3d.files import atomic_write
 from geo3d.ops.boxes import points_in_boxes, suppress_close_centres
+from geo3d.ops.hashing import GOLDEN, hash_unit, splitmix64
 
 PRIORITY_CELL = 0.01  # metres: the grid of point_priority (round-off crossings ~ 3 * 1e-6 / cell per point)
 DEFAULT_SCORE_THRESHOLD = 0.5  # VoteNet's demo, for checkpoints without a calibrated one
 DUPLICATE_FRACTION = 0.5  # suppress_close_centres: half an object size
-_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)  # as a signed int64
-
-
-def _mix(x: Tensor) -> Tensor:
-    """splitmix64's finaliser on int64 (wrapping products): a well-spread hash of each entry."""
-    x = x ^ (x >> 31)
-    x = x * 0x5851F42D4C957F2D
-    x = x ^ (x >> 29)
-    x = x * 0x14057B7EF767814F
-    return x ^ (x >> 32)
 
 
 def scan_frame_coordinates(pos: Tensor) -> Tensor:
@@ -77,15 +71,15 @@ def point_priority(pos: Tensor, seed: int = 0, cell: float = PRIORITY_CELL) -> T
     """A priority in ``(0, 1]`` per point, ``[N]`` float64: uniform-looking, a function of the seed and of
     the point's ``cell``-sized cell in :func:`scan_frame_coordinates`, so it follows the scan.
 
-    Points sharing a cell share a priority (ties are broken by position in the file).
+    Points sharing a cell share a priority (:func:`fit_points` breaks those ties by a finer cell).
     """
     if len(pos) == 0:
         return torch.empty(0, dtype=torch.float64)
     ijk = torch.floor(scan_frame_coordinates(pos) / cell).long()
-    h = _mix(torch.full((len(pos),), int(seed), dtype=torch.long) + _GOLDEN)
+    h = splitmix64(torch.full((len(pos),), int(seed), dtype=torch.long) + GOLDEN)
     for a in range(3):
-        h = _mix(h ^ (ijk[:, a] * _GOLDEN))
-    return ((h & ((1 << 53) - 1)).double() + 1.0) / float(1 << 53)
+        h = splitmix64(h ^ (ijk[:, a] * GOLDEN))
+    return hash_unit(h)
 
 
 def fit_points(scan: Data, num_points: int, seed: int = 0) -> tuple[Data, str]:
@@ -103,7 +97,11 @@ def fit_points(scan: Data, num_points: int, seed: int = 0) -> tuple[Data, str]:
     """
     n = scan.pos.shape[0]
     priority = point_priority(scan.pos, seed)
-    order = torch.sort(priority, stable=True).indices
+    # Points sharing a cell share a priority: break the ties by a finer cell's hash, not by file
+    # order, so that a reordered file keeps the same points (ties at the cut happen at 28,000 points).
+    tie = point_priority(scan.pos, seed + 1, PRIORITY_CELL / 64)
+    by_tie = torch.sort(tie, stable=True).indices
+    order = by_tie[torch.sort(priority[by_tie], stable=True).indices]
     if n == num_points:
         idx, note = order, f"{n} points, as the model was trained"
     elif n > num_points:

@@ -177,6 +177,11 @@ assert GROUPS == get_args(APENConfig.model_fields["group"].annotation), "group l
 # The network.
 
 
+def _noise_key(priority: Tensor | None) -> Tensor | None:
+    """``point_priority [N]`` (float64 multiples of 2^-53 in ``(0, 1]``) as exact int64 keys, or None."""
+    return None if priority is None else (priority.double() * float(1 << 53)).long()
+
+
 def _graph_inputs(data: Any) -> tuple[Tensor, Tensor, int]:
     pos = getattr(data, "pos", None)
     if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[1] != 3:
@@ -279,7 +284,18 @@ class APEN(nn.Module):
             priority,
         )
         pi = mask.to(y.dtype) / mask.sum(1, keepdim=True).clamp_min(1)
-        slot = assign_parts(y, batch, mu, pi, mask, float(cfg["init_variance"]), self._sample(), generator)
+        slot = assign_parts(
+            y,
+            batch,
+            mu,
+            pi,
+            mask,
+            float(cfg["init_variance"]),
+            self._sample(),
+            generator,
+            _noise_key(priority),
+            0,
+        )
         return compact_parts(batch, slot, self.num_slots)
 
     def repartition(
@@ -291,8 +307,10 @@ class APEN(nn.Module):
         part_batch: Tensor,
         block: int,
         generator: torch.Generator | None = None,
+        priority: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Partition from block ``block``'s votes: seeds, merging, EM, pruning, hard assignment."""
+        """Partition from block ``block``'s votes: seeds, merging, EM, pruning, hard assignment
+        (sampled from ``priority``-keyed noise when given, see :func:`assign_parts`)."""
         cfg = self.config
         y = vote.detach().double()
         var = float(cfg["variances"][block])
@@ -311,7 +329,9 @@ class APEN(nn.Module):
             float(cfg["merge_thr"]),
             float(cfg["prune_thr"]) * 2.0**block,
         )
-        slot = assign_parts(y, batch, mu, pi, mask, var, self._sample(), generator)
+        slot = assign_parts(
+            y, batch, mu, pi, mask, var, self._sample(), generator, _noise_key(priority), 1 + block
+        )
         return compact_parts(batch, slot, self.num_slots)
 
     # -- network --------------------------------------------------------------
@@ -347,7 +367,9 @@ class APEN(nn.Module):
         Args:
             data: PyG ``Data``/``Batch`` (``pos``, optional ``batch``, ``normal``, and
                 ``point_priority [N]`` in ``(0, 1]``: fixed priorities of the random
-                initial centres instead of ``generator`` draws, see :func:`random_fill`).
+                initial centres instead of ``generator`` draws, see :func:`random_fill`,
+                and the keys of the sampled assignments' noise, see :func:`assign_parts`;
+                with them the output follows the points under any reordering).
             partition: optional ``[N]`` non-negative part ids (unique within each
                 cloud) used by every block and the decoder instead of the EM.
             generator: random source of the random initial centres and, in
@@ -378,8 +400,8 @@ class APEN(nn.Module):
                 raise ValueError("apen: partition ids must be non-negative")
             slots = int(partition.max()) + 1 if len(pos) else 1
             part, part_batch = compact_parts(batch, partition.long(), slots)
-        else:
-            priority = getattr(data, "point_priority", None)
+        priority = getattr(data, "point_priority", None)
+        if partition is None:
             part, part_batch = self.initial_partition(pos, batch, num_graphs, generator, priority)
         partitions, votes, prev = [part], [], None
         for i, block in enumerate(self.blocks):
@@ -388,7 +410,9 @@ class APEN(nn.Module):
             votes.append(vote)
             prev = (inv, vec[:, 1:])
             if partition is None:
-                part, part_batch = self.repartition(vote, batch, num_graphs, part, part_batch, i, generator)
+                part, part_batch = self.repartition(
+                    vote, batch, num_graphs, part, part_batch, i, generator, priority
+                )
             partitions.append(part)
         _, _, feat = self._stage(self.decoder, pos, normal, part, len(part_batch), prev)
         axis = vec[:, 1] if vec.shape[1] > 1 else None  # the last block's first passed-on vector

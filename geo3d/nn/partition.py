@@ -12,6 +12,7 @@ import math
 import torch
 from torch import Tensor
 
+from geo3d.ops.hashing import keyed_uniform
 from geo3d.ops.point_ops import knn_graph
 from geo3d.ops.scatter import scatter
 
@@ -221,11 +222,21 @@ def assign_parts(
     var: float,
     sample: bool = False,
     generator: torch.Generator | None = None,
+    noise_key: Tensor | None = None,
+    salt: int = 0,
 ) -> Tensor:
-    """Hard assignment ``[N]`` (slot per point): the posterior's argmax, or a Gumbel-max sample of it."""
+    """Hard assignment ``[N]`` (slot per point): the posterior's argmax, or a Gumbel-max sample of it.
+
+    The sample's uniforms come from ``generator`` in point order or, with ``noise_key [N]`` (int64,
+    e.g. from ``point_priority``), from :func:`~geo3d.ops.hashing.keyed_uniform` of each point's key
+    and ``salt``: then a reordered cloud gets the same assignment, point for point.
+    """
     lj = log_joint(y, batch, mu, pi, mask, var)
     if sample:
-        u = torch.rand(lj.shape, generator=generator, dtype=lj.dtype, device=lj.device)
+        if noise_key is None:
+            u = torch.rand(lj.shape, generator=generator, dtype=lj.dtype, device=lj.device)
+        else:
+            u = keyed_uniform(noise_key, salt, lj.shape[1]).to(lj)
         lj = lj - torch.log(-torch.log(u.clamp(1e-300, 1.0 - 1e-16)))
     return lj.argmax(1)
 

@@ -75,8 +75,13 @@ def point_priority(pos: Tensor, seed: int = 0, cell: float = PRIORITY_CELL) -> T
     """
     if len(pos) == 0:
         return torch.empty(0, dtype=torch.float64)
-    ijk = torch.floor(scan_frame_coordinates(pos) / cell).long()
-    h = splitmix64(torch.full((len(pos),), int(seed), dtype=torch.long) + GOLDEN)
+    return _cell_priority(scan_frame_coordinates(pos), seed, cell)
+
+
+def _cell_priority(frame: Tensor, seed: int, cell: float) -> Tensor:
+    """:func:`point_priority` from coordinates already in the scan's frame ``[N, 3]``."""
+    ijk = torch.floor(frame / cell).long()
+    h = splitmix64(torch.full((len(frame),), int(seed), dtype=torch.long) + GOLDEN)
     for a in range(3):
         h = splitmix64(h ^ (ijk[:, a] * GOLDEN))
     return hash_unit(h)
@@ -96,10 +101,11 @@ def fit_points(scan: Data, num_points: int, seed: int = 0) -> tuple[Data, str]:
         seed: the seed of the priorities.
     """
     n = scan.pos.shape[0]
-    priority = point_priority(scan.pos, seed)
+    frame = scan_frame_coordinates(scan.pos) if n else torch.zeros(0, 3, dtype=torch.float64)
+    priority = _cell_priority(frame, seed, PRIORITY_CELL)  # = point_priority(scan.pos, seed)
     # Points sharing a cell share a priority: break the ties by a finer cell's hash, not by file
     # order, so that a reordered file keeps the same points (ties at the cut happen at 28,000 points).
-    tie = point_priority(scan.pos, seed + 1, PRIORITY_CELL / 64)
+    tie = _cell_priority(frame, seed + 1, PRIORITY_CELL / 64)
     by_tie = torch.sort(tie, stable=True).indices
     order = by_tie[torch.sort(priority[by_tie], stable=True).indices]
     if n == num_points:

@@ -307,10 +307,10 @@ class APEN(nn.Module):
         part_batch: Tensor,
         block: int,
         generator: torch.Generator | None = None,
-        priority: Tensor | None = None,
+        noise_key: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Partition from block ``block``'s votes: seeds, merging, EM, pruning, hard assignment
-        (sampled from ``priority``-keyed noise when given, see :func:`assign_parts`)."""
+        (sampled from ``noise_key``-keyed noise when given, see :func:`assign_parts`)."""
         cfg = self.config
         y = vote.detach().double()
         var = float(cfg["variances"][block])
@@ -329,9 +329,7 @@ class APEN(nn.Module):
             float(cfg["merge_thr"]),
             float(cfg["prune_thr"]) * 2.0**block,
         )
-        slot = assign_parts(
-            y, batch, mu, pi, mask, var, self._sample(), generator, _noise_key(priority), 1 + block
-        )
+        slot = assign_parts(y, batch, mu, pi, mask, var, self._sample(), generator, noise_key, 1 + block)
         return compact_parts(batch, slot, self.num_slots)
 
     # -- network --------------------------------------------------------------
@@ -401,6 +399,7 @@ class APEN(nn.Module):
             slots = int(partition.max()) + 1 if len(pos) else 1
             part, part_batch = compact_parts(batch, partition.long(), slots)
         priority = getattr(data, "point_priority", None)
+        noise_key = _noise_key(priority)
         if partition is None:
             part, part_batch = self.initial_partition(pos, batch, num_graphs, generator, priority)
         partitions, votes, prev = [part], [], None
@@ -411,7 +410,7 @@ class APEN(nn.Module):
             prev = (inv, vec[:, 1:])
             if partition is None:
                 part, part_batch = self.repartition(
-                    vote, batch, num_graphs, part, part_batch, i, generator, priority
+                    vote, batch, num_graphs, part, part_batch, i, generator, noise_key
                 )
             partitions.append(part)
         _, _, feat = self._stage(self.decoder, pos, normal, part, len(part_batch), prev)

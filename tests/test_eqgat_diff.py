@@ -244,3 +244,71 @@ def test_shipped_eqgat_qm9_loads_and_samples():
     assert rows["eqgat-qm9"]["params"] > 100_000 and rows["eqgat-qm9"]["headline"].startswith(
         "mol_stability="
     )
+
+
+def _self_conditioned(plain: EQGATDiffusion, random_cond: bool) -> EQGATDiffusion:
+    """``plain``'s weights in a self-conditioned model; its new inputs zero or (``random_cond``) random."""
+    model = EQGATDiffusion({**plain.config, "self_condition": True}).to(torch.float64)
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert set(missing) == model.warm_start_new_parameters() and not unexpected
+    if random_cond:
+        for lin in (model.denoiser.cond_atom, model.denoiser.cond_bond):
+            torch.nn.init.normal_(lin.weight)
+            torch.nn.init.normal_(lin.bias)
+    return model
+
+
+@pytest.mark.parametrize("reflect", [False, True])
+def test_self_conditioned_denoiser_is_e3_equivariant(reflect):
+    model = _self_conditioned(_model(), random_cond=True)
+    atoms, charges, pos, bonds, t, ei, rev, batch, nb = _inputs([5, 7])
+    args = (bonds, t, ei, rev, batch, nb)
+    cond = model.denoiser(atoms, charges, pos, *args)  # no earlier prediction yet
+    out = model.denoiser(atoms, charges, pos, *args, cond=cond)
+    rot = o3.rand_matrix(dtype=torch.float64) * (-1 if reflect else 1)
+    cond_r = {**cond, "pos": cond["pos"] @ rot.T}
+    out_r = model.denoiser(atoms, charges, pos @ rot.T, *args, cond=cond_r)
+    assert torch.allclose(out_r["pos"], out["pos"] @ rot.T, atol=1e-9)
+    for key in ("atom_logits", "charge_logits", "bond_logits"):
+        assert torch.allclose(out_r[key], out[key], atol=1e-9), key
+    assert torch.allclose(out["bond_logits"], out["bond_logits"][rev], atol=1e-12)
+    # The condition is used: another earlier prediction gives another output.
+    moved = model.denoiser(atoms, charges, pos, *args, cond={**cond, "pos": cond["pos"] * 1.5})
+    assert not torch.allclose(moved["pos"], out["pos"])
+
+
+def test_self_conditioning_starts_as_the_plain_model():
+    """Zero-initialised condition inputs: the same loss, outputs and samples as the model it came from,
+    so a warm start with ``self_condition: true`` begins where the checkpoint was."""
+    plain = _model()
+    model = _self_conditioned(plain, random_cond=False)
+    atoms, charges, pos, bonds, t, ei, rev, batch, nb = _inputs([4, 6])
+    args = (atoms, charges, pos, bonds, t, ei, rev, batch, nb)
+    ref = plain.denoiser(*args)
+    out = model.denoiser(*args, cond=model.denoiser(*args))
+    for key in ref:
+        assert torch.allclose(out[key], ref[key], atol=1e-12), key
+    with pytest.raises(ValueError, match="without self_condition"):
+        plain.denoiser(*args, cond=ref)
+    mols = [m.sample(3, steps=4, generator=torch.Generator().manual_seed(5)) for m in (plain, model.double())]
+    for a, b in zip(*mols, strict=True):
+        assert torch.equal(a["atom_type"], b["atom_type"]) and torch.equal(a["bonds"], b["bonds"])
+        assert torch.allclose(a["pos"], b["pos"], atol=1e-6)
+    batch_ = _molecules()
+    plain32, model32 = plain.float(), model.float()
+    for seed in range(4):  # the condition draw follows every noise draw: the same noised batch
+        la, _ = plain32.loss(batch_, torch.Generator().manual_seed(seed))
+        lb, _ = model32.loss(batch_, torch.Generator().manual_seed(seed))
+        assert torch.allclose(la, lb, atol=1e-6)
+
+
+def test_self_conditioned_loss_trains_the_condition_inputs():
+    model = EQGATDiffusion({"denoiser": SMALL, "priors": PRIORS, "timesteps": 50, "self_condition": True})
+    grads = []
+    for seed in range(8):  # about half the batches condition on a first, gradient-free prediction
+        model.zero_grad()
+        loss, _ = model.loss(_molecules(), torch.Generator().manual_seed(seed))
+        loss.backward()
+        grads.append(float(model.denoiser.cond_atom.weight.grad.abs().sum()))
+    used = [g > 0 for g in grads]
+    assert any(used) and not all(used), grads

@@ -415,3 +415,33 @@ def test_extra_ema_shadows_are_kept_resumed_and_exported(tmp_path, sdf_set):
     result = runner.invoke(app, ["export", str(tmp_path / "run" / "last.pt"), str(out), "--ema-decay", "0.5"])
     assert result.exit_code == 1
     assert "no EMA shadow of decay 0.5; it holds [0.0, 0.2, 0.999]" in _plain(result.output)
+
+
+def test_warm_start_switches_on_self_conditioning(tmp_path, sdf_set, capsys):
+    """A plain checkpoint seeds a self-conditioned run (its new inputs start at zero); a checkpoint that
+    lacks any other weight is still refused, naming it."""
+    from geo3d.checkpoint import CheckpointError
+    from geo3d.train.trainer import _warm_start
+
+    cfg = load_config(_config(tmp_path, sdf_set), ["train.max_steps=2"])
+    first = train(make_task(cfg), cfg)
+    cfg = load_config(
+        _config(tmp_path, sdf_set),
+        [
+            "train.max_steps=1",
+            f"train.out_dir={tmp_path / 'sc'}",
+            f"train.init_from={first}",
+            "model.self_condition=true",
+        ],
+    )
+    train(make_task(cfg), cfg)
+    assert "training with this config's ['self_condition']" in " ".join(capsys.readouterr().out.split())
+    warm = load_checkpoint(tmp_path / "sc" / "last.pt")
+    assert warm["config"]["self_condition"] is True
+    assert "denoiser.cond_atom.weight" in warm["state_dict"]
+    model = geo3d.load_model(tmp_path / "sc" / "last.pt")
+    assert model.denoiser.self_condition and len(model.sample(2, steps=3)) == 2
+    init = load_checkpoint(first)
+    broken = {k: v for k, v in init["state_dict"].items() if k != "denoiser.head_coord.weight"}
+    with pytest.raises(CheckpointError, match=r"missing \['denoiser.head_coord.weight'\]"):
+        _warm_start(model, "eqgat_diff", {**init, "state_dict": broken}, "x.pt")

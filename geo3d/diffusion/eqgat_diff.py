@@ -17,6 +17,7 @@ Config (all plain values, stored in the checkpoint)::
     loss_weights: {pos: 3.0, atoms: 0.4, bonds: 2.0, charges: 1.0}
     snr_clip: [0.05, 1.5]
     timestep_beta: 1.0      # training noise level t/T ~ Beta(1, b); 1 = uniform
+    self_condition: false   # condition each step on the previous clean prediction (Chen et al. 2023)
     priors: {atoms: [16], charges: [6], bonds: [5], num_atoms: [histogram over n]}
 """
 
@@ -61,7 +62,8 @@ class EQGATDiffusionConfig(ModelConfig):
     """EQGAT-diff: the denoiser (nested), the noise schedules, the loss weights and the priors."""
 
     arch: ClassVar[str] = "eqgat_diff"
-    training_keys: ClassVar[tuple[str, ...]] = ("loss_weights", "snr_clip", "timestep_beta")
+    # self_condition adds zero-initialised inputs (geo3d.models.eqgat), so a warm start may switch it on
+    training_keys: ClassVar[tuple[str, ...]] = ("loss_weights", "snr_clip", "timestep_beta", "self_condition")
 
     denoiser: EQGATDenoiserConfig = Field(default_factory=dict)
     timesteps: PositiveInt = 500
@@ -76,6 +78,10 @@ class EQGATDiffusionConfig(ModelConfig):
     snr_clip: list[float] = Field([0.05, 1.5], min_length=2, max_length=2)  # [min, max] of the SNR weight
     # training noise level t/T ~ Beta(1, timestep_beta): 1 = uniform (the paper), > 1 favours low noise
     timestep_beta: float = Field(1.0, gt=0)
+    # Self-conditioning (Chen et al., "Analog Bits", 2023; as in SemlaFlow and FlowMol): the denoiser also
+    # sees its own previous prediction of the clean molecule. Training: half of the batches first
+    # predict without it (no gradient) and feed that prediction in; sampling feeds the previous step's.
+    self_condition: bool = False
     # required to build the model; the training task fills it in from the training set
     priors: Priors | None = None
 
@@ -111,7 +117,7 @@ class EQGATDiffusion(nn.Module):
         if cfg["priors"] is None:
             raise ValueError("eqgat_diff config: 'priors' (marginals and atom-count histogram) is required")
         self.config = cfg
-        self.denoiser = EQGATDenoiser(cfg["denoiser"])
+        self.denoiser = EQGATDenoiser(cfg["denoiser"], self_condition=bool(cfg["self_condition"]))
         self.timesteps = int(cfg["timesteps"])
         for mod in MODALITIES:
             nu = float(cfg["nu"].get(mod, 1.0))
@@ -122,6 +128,10 @@ class EQGATDiffusion(nn.Module):
             self.register_buffer(f"prior_{key}", p / p.sum(), persistent=False)
         hist = torch.tensor(priors["num_atoms"], dtype=torch.float64)
         self.register_buffer("num_atoms_hist", hist / hist.sum(), persistent=False)
+
+    def warm_start_new_parameters(self) -> set[str]:
+        """State-dict keys a warm start may lack: the zero-initialised self-conditioning inputs."""
+        return {k for k in self.state_dict() if k.startswith(("denoiser.cond_atom.", "denoiser.cond_bond."))}
 
     # ----------------------------------------------------------------- training
     def compile_for_training(self) -> None:
@@ -175,7 +185,12 @@ class EQGATDiffusion(nn.Module):
         bonds_t[upper] = bonds_up
         bonds_t[reverse[upper]] = bonds_up  # symmetric, sampled once per pair
 
-        out = self._denoise(atoms_t, charges_t, xt, bonds_t, t, edge_index, reverse, b, nb)
+        noisy = (atoms_t, charges_t, xt, bonds_t, t, edge_index, reverse, b, nb)
+        cond = None
+        if self.config["self_condition"] and float(torch.rand(1, generator=generator)) < 0.5:
+            with torch.no_grad():
+                cond = {k: v.detach() for k, v in self._denoise(*noisy).items()}
+        out = self._denoise(*noisy, cond=cond)
         ce = nn.functional.cross_entropy
         per_atom_x = ((out["pos"] - x0) ** 2).mean(-1)
         parts = {
@@ -192,9 +207,10 @@ class EQGATDiffusion(nn.Module):
         loss = (w * per_mol).mean()
         return loss, {k: float(v.detach().mean()) for k, v in parts.items()}
 
-    def _denoise(self, atoms, charges, pos, bonds, t, edge_index, reverse, batch, num_graphs):
+    def _denoise(self, atoms, charges, pos, bonds, t, edge_index, reverse, batch, num_graphs, cond=None):
         dtype = pos.dtype
         d = self.denoiser
+        extra = {"cond": cond} if d.self_condition else {}
         return d(
             nn.functional.one_hot(atoms, d.num_atom_types).to(dtype),
             nn.functional.one_hot(charges, d.num_charges).to(dtype),
@@ -205,6 +221,7 @@ class EQGATDiffusion(nn.Module):
             reverse,
             batch,
             num_graphs,
+            **extra,
         )
 
     # ----------------------------------------------------------------- sampling
@@ -284,9 +301,10 @@ class EQGATDiffusion(nn.Module):
         bonds[upper], bonds[reverse[upper]] = up, up
 
         pairs = self.step_schedule(steps)
+        out = None  # the previous step's prediction: the self-conditioning input
         for k, (t, s) in enumerate(pairs):
             t_vec = torch.full((nb,), t, device=device, dtype=torch.long)
-            out = self._denoise(atoms, charges, x, bonds, t_vec, edge_index, reverse, b, nb)
+            out = self._denoise(atoms, charges, x, bonds, t_vec, edge_index, reverse, b, nb, cond=out)
             x = self._position_step(x, out["pos"], t, s, sampler, eta, b, nb, generator)
             atoms = self._categorical_step(atoms, out["atom_logits"], "atoms", t, s, generator)
             charges = self._categorical_step(charges, out["charge_logits"], "charges", t, s, generator)

@@ -51,9 +51,16 @@ class EQGATDenoiser(nn.Module):
         ``reverse [E]`` (index of the opposite edge), ``batch [N]``.
         outputs: dict with ``pos [N, 3]``, ``atom_logits [N, A]``,
         ``charge_logits [N, C]``, ``bond_logits [E, K]`` (symmetric in i, j).
+
+    With ``self_condition`` the forward takes ``cond``, an earlier prediction
+    of the clean molecule (the same dict of outputs, or None for "none yet"):
+    its atom, charge and bond probabilities and the distances between its
+    predicted positions (invariants, so equivariance holds) enter the atom and
+    bond embeddings through linear maps that start at zero, so a model warm
+    started from one without them computes what that model did.
     """
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], self_condition: bool = False) -> None:
         super().__init__()
         cfg = EQGATDenoiserConfig.resolve(config)
         self.config = cfg
@@ -65,6 +72,13 @@ class EQGATDenoiser(nn.Module):
         self.bond_in = nn.Linear(k, e)
         self.bond_time = nn.Linear(1, e)
         self.bond_mix = nn.Linear(e, e)
+        self.self_condition = self_condition
+        if self_condition:
+            self.cond_atom = nn.Linear(a + c, s)
+            self.cond_bond = nn.Linear(k + 1, e)
+            for lin in (self.cond_atom, self.cond_bond):
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
         self.layers = nn.ModuleList(
             EQGATLayer(s, v, e, first=(ell == 0), last=(ell == n_layers - 1)) for ell in range(n_layers)
         )
@@ -86,11 +100,18 @@ class EQGATDenoiser(nn.Module):
         reverse: Tensor,
         batch: Tensor,
         num_graphs: int,
+        cond: dict[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         t_node = t.index_select(0, batch).unsqueeze(-1)
         t_edge = t_node.index_select(0, edge_index[1])
-        s = self.atom_mix(self.atom_in(torch.cat([atoms, charges], -1)) + self.atom_time(t_node))
-        e = self.bond_mix(self.bond_in(bonds) + self.bond_time(t_edge))
+        s = self.atom_in(torch.cat([atoms, charges], -1)) + self.atom_time(t_node)
+        e = self.bond_in(bonds) + self.bond_time(t_edge)
+        if self.self_condition:
+            cs, ce = self._cond_features(cond, atoms, bonds, edge_index)
+            s, e = s + self.cond_atom(cs), e + self.cond_bond(ce)
+        elif cond is not None:
+            raise ValueError("cond given to a denoiser built without self_condition")
+        s, e = self.atom_mix(s), self.bond_mix(e)
         v = s.new_zeros(s.shape[0], 3, 1)  # replaced by the first layer
         p = pos
         for layer in self.layers:
@@ -111,3 +132,19 @@ class EQGATDenoiser(nn.Module):
             "charge_logits": logits[:, self.num_atom_types :],
             "bond_logits": bond_logits,
         }
+
+    def _cond_features(
+        self, cond: dict[str, Tensor] | None, atoms: Tensor, bonds: Tensor, edge_index: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Self-conditioning inputs ``[N, A + C]`` and ``[E, K + 1]``; zeros without a prediction."""
+        if cond is None:
+            return (
+                atoms.new_zeros(atoms.shape[0], self.num_atom_types + self.num_charges),
+                bonds.new_zeros(bonds.shape[0], bonds.shape[1] + 1),
+            )
+        x0 = cond["pos"]
+        dist = (x0.index_select(0, edge_index[1]) - x0.index_select(0, edge_index[0])).norm(
+            dim=-1, keepdim=True
+        )
+        node = torch.cat([cond["atom_logits"].softmax(-1), cond["charge_logits"].softmax(-1)], -1)
+        return node, torch.cat([cond["bond_logits"].softmax(-1), dist], -1)

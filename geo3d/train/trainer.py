@@ -98,10 +98,17 @@ def _warm_start(model: nn.Module, arch: str, init: dict[str, Any], where: str) -
                 f"{where}: its {init['arch']!r} config differs from this model's "
                 f"{parts[init['arch']]!r} in {differ}"
             )
+    # Parameters a training key adds (EQGAT-diff's self-conditioning inputs) start at zero, so the model
+    # computes what the checkpoint did; a checkpoint without them may still seed it.
+    new = target.warm_start_new_parameters() if hasattr(target, "warm_start_new_parameters") else set()
     try:
-        target.load_state_dict(init["state_dict"], strict=True)
+        missing, unexpected = target.load_state_dict(init["state_dict"], strict=not new)
     except RuntimeError as exc:
         raise CheckpointError(f"{where}: weights do not fit: {exc}") from exc
+    if unexpected or set(missing) - new:
+        raise CheckpointError(
+            f"{where}: weights do not fit: missing {sorted(set(missing) - new)}, unexpected {sorted(unexpected)}"
+        )
 
 
 def _start_config(

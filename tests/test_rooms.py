@@ -87,6 +87,27 @@ def test_aligned_rooms_snap_the_same_layout_square_to_the_room(tmp_path):
         Rooms("test", 1, object_yaw="square", cache_dir="")
 
 
+def test_a_fraction_of_the_scenes_gets_walls():
+    """``walls=0.5``: each scene is the walled or the wall-less version of the same room, by a per-scene draw."""
+    mixed = Rooms("train", 12, num_points=800, walls=0.5, cache_dir="")
+    plain = Rooms("train", 12, num_points=800, cache_dir="")
+    walled = Rooms("train", 12, num_points=800, walls=True, cache_dir="")
+    kinds = []
+    for k in range(12):
+        m = mixed[k]
+        same = [torch.equal(m.pos, ref[k].pos) for ref in (plain, walled)]
+        assert sum(same) == 1, k
+        kinds.append(same[1])
+        assert torch.equal(m.boxes, plain[k].boxes)  # the same room either way
+        high_background = bool(((m.instance < 0) & (m.pos[:, 2] > 0.05)).any())
+        assert high_background == same[1]  # wall points are background above the floor
+    assert 0 < sum(kinds) < 12
+    prefix = Rooms("train", 5, num_points=800, walls=0.5, cache_dir="")  # a scene keeps its walls
+    assert all(torch.equal(prefix[k].pos, mixed[k].pos) for k in range(5))
+    with pytest.raises(ValueError, match="walls must be a bool or a fraction"):
+        Rooms("train", 1, walls=1.5, cache_dir="")
+
+
 def test_boxes_tightly_contain_their_objects():
     for k in range(2):
         d = make_scene(0, "val", k, num_points=20000, noise=0.0)

@@ -248,6 +248,16 @@ def make_scene(
 
 
 _SPLITS = {"train": 0, "val": 1, "test": 2}
+
+
+def scene_has_walls(seed: int, split: str, index: int, walls: bool | float) -> bool:
+    """Whether scene ``index`` has walls: ``walls`` True / False, or a fraction of the scenes drawn per scene
+    (from ``(seed, split, index, 2)``: a scene keeps its walls whatever the split's size)."""
+    if isinstance(walls, bool) or walls in (0, 1):
+        return bool(walls)
+    return bool(np.random.default_rng([seed, _SPLITS[split], index, 2]).random() < walls)
+
+
 _FIELDS = ("pos", "normal", "semantic", "instance")
 
 
@@ -263,7 +273,10 @@ def _build(
 ) -> dict[str, torch.Tensor]:
     """All scenes of a split as stacked tensors (boxes concatenated, ``box_ptr`` marks each scene's)."""
     scenes = [
-        make_scene(seed, split, k, num_points, occlusion, walls, noise, object_yaw) for k in range(num_scenes)
+        make_scene(
+            seed, split, k, num_points, occlusion, scene_has_walls(seed, split, k, walls), noise, object_yaw
+        )
+        for k in range(num_scenes)
     ]
     counts = torch.tensor([int(s.num_objects) for s in scenes], dtype=torch.long)
     data = {k: torch.stack([s[k] for s in scenes]) if scenes else torch.empty(0) for k in _FIELDS}
@@ -286,6 +299,8 @@ class Rooms(Dataset):
         occlusion: keep only the points visible from one random viewpoint.
         walls: add the four walls (inner faces, 2.4-2.8 m) to the background. Off by
             default: walls take most of an area-weighted budget away from the objects.
+            A number in (0, 1) gives that fraction of the scenes walls (drawn per scene:
+            :func:`scene_has_walls`), so a detector learns rooms with and without them.
         noise: Gaussian noise in metres (truncated at 3 sigma); 0 gives exact surfaces.
         object_yaw: ``"random"`` (uniform yaws) or ``"aligned"`` (the same yaws snapped to
             multiples of 90 degrees; the same rooms otherwise).
@@ -310,7 +325,7 @@ class Rooms(Dataset):
         seed: int = 0,
         num_points: int = 20000,
         occlusion: bool = False,
-        walls: bool = False,
+        walls: bool | float = False,
         noise: float = 0.003,
         object_yaw: str = "random",
         transform: Callable[[Data], Data] | None = None,
@@ -324,6 +339,10 @@ class Rooms(Dataset):
             raise ValueError(
                 f"Rooms: need num_points >= 1 and num_scenes >= 0, got {num_points}, {num_scenes}"
             )
+        if not isinstance(walls, bool) and not 0 <= walls <= 1:
+            raise ValueError(f"Rooms: walls must be a bool or a fraction in [0, 1], got {walls!r}")
+        if not isinstance(walls, bool) and walls in (0, 1):
+            walls = bool(walls)  # 0 / 1 name the same cache as False / True
         self.split, self.transform = split, transform
         key = f"v{CACHE_VERSION}-{seed}-{split}-{num_scenes}-{num_points}-{occlusion}-{walls}-{noise}"
         if object_yaw != "random":  # the random-yaw caches keep their names

@@ -112,6 +112,8 @@ class RoomsData(_DataSection):
     num_scenes: int = Field(200, ge=1)
     val_scenes: int = Field(40, ge=1)
     occlusion: bool = False  # single-view occlusion of every scene
+    # fraction of the training and validation scenes with four walls (test scenes have none)
+    walls: float = Field(0.0, ge=0, le=1)
     # "aligned" snaps every object's yaw to a multiple of 90 degrees (same rooms otherwise)
     object_yaw: Literal["random", "aligned"] = "random"
 

@@ -80,6 +80,7 @@ class DetectionTask:
             "seed": self.cfg.train.seed,
             "num_points": d.num_points,
             "occlusion": d.occlusion,
+            "walls": d.walls,
             "object_yaw": d.object_yaw,
             "cache_dir": d.cache_dir,
         }

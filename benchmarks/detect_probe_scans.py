@@ -15,7 +15,10 @@ the same weights with 256 FPS proposals (what it shipped with before).
 same pipeline as ``geo3d detect``) and writes it into the shipped checkpoint's
 config (weights unchanged).
 
-Usage: python benchmarks/detect_probe_scans.py [--calibrate] [--out FILE]
+``--candidate NAME=PATH`` measures (and calibrates into) a trained checkpoint in
+place of shipped NAME; ``--only NAME`` limits the run to one detector's rows.
+
+Usage: python benchmarks/detect_probe_scans.py [--calibrate] [--only NAME] [--candidate NAME=PATH] [--out FILE]
 """
 
 from __future__ import annotations
@@ -75,11 +78,10 @@ def validation_scenes(cfg: dict) -> tuple[list, str]:
     return [apply_protocol(d, protocol, gen) for d in val], protocol
 
 
-def calibrate(name: str) -> str:
-    """Fit ``name``'s score threshold on Rooms validation scenes and rewrite the shipped checkpoint."""
-    path = SHIPPED[name].path
+def calibrate(name: str, path: Path) -> str:
+    """Fit detector ``name``'s score threshold on Rooms validation scenes and rewrite its checkpoint ``path``."""
     ckpt = load_checkpoint(path)
-    model = load_model(name)
+    model = load_model(path)
     overrides = SHIPPED_OVERRIDES.get(name, {})
     model.config.update(overrides)
     cfg = {**ckpt["config"], **overrides}
@@ -124,8 +126,8 @@ def recall(boxes: torch.Tensor, gt: torch.Tensor, iou: float = 0.25) -> float:
     return float((box3d_iou_matrix(gt.double(), boxes.double()) >= iou).any(1).double().mean())
 
 
-def probe_rows(name: str, overrides: dict) -> list[str]:
-    model = load_model(name)
+def probe_rows(name: str, path: Path, overrides: dict) -> list[str]:
+    model = load_model(path)
     num_points = int(model.geo3d_checkpoint["config"]["num_points"])
     thr = calibrated_score_threshold(model)
     if overrides:
@@ -159,7 +161,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calibrate", action="store_true", help="refit and write the shipped score thresholds")
     ap.add_argument("--out", type=Path, help="write the section into this markdown page (its markers)")
+    ap.add_argument("--only", choices=DETECTORS, help="only this detector's rows")
+    ap.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="measure (and with --calibrate, write the threshold into) PATH in place of shipped NAME",
+    )
     args = ap.parse_args()
+    paths = {name: SHIPPED[name].path for name in DETECTORS}
+    for item in args.candidate:
+        name, _, path = item.partition("=")
+        if name not in paths or not Path(path).is_file():
+            ap.error(f"--candidate {item!r}: want NAME=PATH with NAME one of {DETECTORS} and PATH a file")
+        paths[name] = Path(path)
+    names = [args.only] if args.only else list(DETECTORS)
     torch.set_num_threads(1)
     lines = [
         f"`python benchmarks/detect_probe_scans.py{' --calibrate' if args.calibrate else ''}`, "
@@ -167,14 +184,17 @@ def main() -> None:
         "",
     ]
     if args.calibrate:
-        lines += [calibrate(name) for name in DETECTORS] + [""]
+        lines += [calibrate(name, paths[name]) for name in names] + [""]
     lines += [
         "| model | scan | same boxes twice | centre shift after rotation (m, median) | heading shift (deg) "
         "| boxes >= thr (scan / rotated) | recall@0.25 | thr | s/scan |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    candidates = {name for name, path in paths.items() if path != SHIPPED[name].path}
     for name, overrides in VARIANTS:
-        lines += probe_rows(name, overrides)
+        if name in names:
+            label = f"{name} ({paths[name].name})" if name in candidates else name
+            lines += [r.replace(f"`{name}", f"`{label}", 1) for r in probe_rows(name, paths[name], overrides)]
     report = "\n".join(lines)
     print(report)
     if args.out:

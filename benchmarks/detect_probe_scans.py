@@ -127,6 +127,7 @@ def recall(boxes: torch.Tensor, gt: torch.Tensor, iou: float = 0.25) -> float:
 
 
 def probe_rows(name: str, path: Path, overrides: dict) -> list[str]:
+    """Table rows of the detector at ``path``, labelled ``name`` (plus its ``overrides``)."""
     model = load_model(path)
     num_points = int(model.geo3d_checkpoint["config"]["num_points"])
     thr = calibrated_score_threshold(model)
@@ -190,11 +191,10 @@ def main() -> None:
         "| boxes >= thr (scan / rotated) | recall@0.25 | thr | s/scan |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    candidates = {name for name, path in paths.items() if path != SHIPPED[name].path}
     for name, overrides in VARIANTS:
         if name in names:
-            label = f"{name} ({paths[name].name})" if name in candidates else name
-            lines += [r.replace(f"`{name}", f"`{label}", 1) for r in probe_rows(name, paths[name], overrides)]
+            label = name if paths[name] == SHIPPED[name].path else f"{name} ({paths[name].name})"
+            lines += probe_rows(label, paths[name], overrides)
     report = "\n".join(lines)
     print(report)
     if args.out:

@@ -253,8 +253,8 @@ _SPLITS = {"train": 0, "val": 1, "test": 2}
 def scene_has_walls(seed: int, split: str, index: int, walls: bool | float) -> bool:
     """Whether scene ``index`` has walls: ``walls`` True / False, or a fraction of the scenes drawn per scene
     (from ``(seed, split, index, 2)``: a scene keeps its walls whatever the split's size)."""
-    if isinstance(walls, bool) or walls in (0, 1):
-        return bool(walls)
+    if isinstance(walls, bool):
+        return walls
     return bool(np.random.default_rng([seed, _SPLITS[split], index, 2]).random() < walls)
 
 

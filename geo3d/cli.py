@@ -305,7 +305,7 @@ def detect(
     keep_duplicates: bool = typer.Option(
         False,
         "--keep-duplicates",
-        help="Skip the class-agnostic suppression of boxes whose centres are within half an object size.",
+        help="Skip the class-agnostic suppression of boxes whose centres are, in plan, within half an object size.",
     ),
     seed: int = typer.Option(
         0,

@@ -186,7 +186,8 @@ SHIPPED: dict[str, ShippedModel] = {
         "apen-rooms.pt",
         "3d-detection",
         "APEN features with segmentation and frame-relative detection heads on procedural Rooms scenes, "
-        "4,096 points (configs/apen_rooms.yaml, backbone from apen-rooms-seg, 1,800 steps)",
+        "4,096 points (configs/apen_rooms.yaml, backbone from apen-rooms-seg, 1,800 steps, then 1,000 with "
+        "walls in half the rooms)",
     ),
     "votenet-rooms": ShippedModel(
         "votenet-rooms",

@@ -272,9 +272,9 @@ def test_a_segmentation_apen_seeds_the_detector_backbone(tmp_path):
 
 
 def test_shipped_apen_rooms_segments_detects_and_keeps_its_score_under_per_object_rotations(tmp_path):
-    """`apen-rooms` on 8 test scenes, and `geo3d detect` with it on a PLY scan (measured on 50 scenes with
-    one proposal per part, as shipped since issue 21: mAP@0.25 0.563 canonical, 0.551 per object; with
-    256 FPS proposals 0.615 / 0.624; mIoU 0.471 / 0.476)."""
+    """`apen-rooms` on 8 test scenes, and `geo3d detect` with it on a PLY scan (measured on 100 scenes with
+    one proposal per part, as shipped since issue 21: mAP@0.25 0.580 canonical, 0.558 per object; mIoU
+    0.474 / 0.454)."""
     import geo3d
     from geo3d.train.scene_eval import evaluate_protocols
 

@@ -28,7 +28,7 @@ from geo3d.apps.detect import (
     scan_frame_coordinates,
 )
 from geo3d.cli import app
-from geo3d.data.probe_scans import PROBE_SET, SHAPES, make_probe_scan
+from geo3d.data.probe_scans import FURTHER_SCANS, PROBE_SET, SHAPES, make_probe_scan
 from geo3d.metrics.detection import f1_by_threshold, match_by_score
 from geo3d.nn.partition import random_fill
 from geo3d.ops.boxes import points_in_boxes, suppress_close_centres
@@ -72,6 +72,19 @@ def test_probe_scan_is_reproducible_and_its_boxes_hold_their_objects():
         make_probe_scan(0, shapes=("crate", "piano"))
     with pytest.raises(ValueError, match="do not fit"):
         make_probe_scan(0, num_objects=30, floor_size=(3.0, 3.0))
+
+
+def test_further_scans_are_twelve_other_scenes_four_with_walls():
+    """The scans that choose detector settings (benchmarks/detect_probe_scans.py --further) are not the
+    probe set's, span 3-6 objects and point densities, and all build."""
+    assert len(FURTHER_SCANS) == 12 and sum(v["walls"] for v in FURTHER_SCANS.values()) == 4
+    assert not {v["seed"] for v in FURTHER_SCANS.values()} & {v["seed"] for v in PROBE_SET.values()}
+    assert {v["num_objects"] for v in FURTHER_SCANS.values()} == {3, 4, 5, 6}
+    assert len({v["object_points"] for v in FURTHER_SCANS.values()}) == 4
+    for kwargs in FURTHER_SCANS.values():
+        scan = make_probe_scan(**kwargs)
+        assert scan.boxes.shape == (kwargs["num_objects"], 7)
+        assert int((scan.instance >= 0).sum()) == kwargs["num_objects"] * kwargs["object_points"]
 
 
 # ------------------------------------------------------------------ priorities and subsampling
@@ -128,7 +141,8 @@ def test_random_initial_parts_follow_fixed_priorities():
 # ------------------------------------------------------------------ duplicate suppression and calibration
 
 
-def _brute_suppress(boxes, scores, fraction, labels=None):
+def _brute_suppress(boxes, scores, fraction, labels=None, horizontal_only=False):
+    axes = 2 if horizontal_only else 3
     order = sorted(range(len(boxes)), key=lambda i: (-float(scores[i]), i))
     kept = []
     for i in order:
@@ -137,7 +151,7 @@ def _brute_suppress(boxes, scores, fraction, labels=None):
             if labels is not None and int(labels[i]) != int(labels[j]):
                 continue
             reach = fraction * max(float(boxes[j, 3]), float(boxes[j, 4]))
-            if float((boxes[i, :3] - boxes[j, :3]).norm()) < reach:
+            if float((boxes[i, :axes] - boxes[j, :axes]).norm()) < reach:
                 dup = True
         if not dup:
             kept.append(i)
@@ -151,14 +165,21 @@ def test_suppress_close_centres_matches_the_greedy_definition():
     )
     scores, labels = torch.rand(40, generator=g), torch.randint(3, (40,), generator=g)
     for lab in (None, labels):
-        keep = suppress_close_centres(boxes, scores, 0.5, lab)
-        assert keep.tolist() == _brute_suppress(boxes, scores, 0.5, lab)
+        for flat in (False, True):
+            keep = suppress_close_centres(boxes, scores, 0.5, lab, horizontal_only=flat)
+            assert keep.tolist() == _brute_suppress(boxes, scores, 0.5, lab, flat)
     # a chair found twice: as a chair box and as a wide table box around it (IoU ~0.2, NMS keeps both)
     two = torch.tensor([[0.0, 0.0, 0.4, 0.5, 0.5, 0.8, 0.0], [0.1, 0.05, 0.3, 1.2, 0.8, 0.6, 0.4]])
     assert suppress_close_centres(two, torch.tensor([0.9, 0.8])).tolist() == [0]
     apart = two.clone()
     apart[1, :2] = torch.tensor([1.5, 0.0])
     assert suppress_close_centres(apart, torch.tensor([0.9, 0.8])).tolist() == [0, 1]
+    # a wardrobe found as two stacked cabinets: 0.65 m apart in z, the same place in plan
+    stacked = torch.tensor(
+        [[5.1, 1.71, 1.35, 0.8, 0.49, 1.09, 0.0], [5.15, 1.67, 0.7, 0.89, 0.49, 0.96, 0.0]]
+    )
+    assert suppress_close_centres(stacked, torch.tensor([0.59, 0.55])).tolist() == [0, 1]
+    assert suppress_close_centres(stacked, torch.tensor([0.59, 0.55]), horizontal_only=True).tolist() == [0]
 
 
 def test_match_by_score_and_f1():
@@ -230,12 +251,10 @@ def test_apen_detect_is_deterministic_and_moves_with_the_scan(apen_rooms, scan_n
         assert float(dist.max()) < 1e-4 and float(turn.max()) < math.radians(0.1)
         assert torch.allclose(turned["boxes"][j, 3:6], first["boxes"][:, 3:6], atol=1e-3)
     assert float(dist.max()) < 0.05
-    # At the calibrated threshold (0.6): no more than one box beyond the objects on any scan (the
-    # walls scan: 7 for 6, a wall stretch), within one of them on the issue's scan; on dense-floor
-    # the model scores 2 of its 3 objects below it (benchmarks/RESULTS.md).
-    assert len(first["boxes"]) <= len(scan.boxes) + 1
-    if scan_name == "issue-21":
-        assert abs(len(first["boxes"]) - len(scan.boxes)) <= 1
+    # At the calibrated threshold, within one box of the objects on every scan (issue 21's target; the
+    # weights trained without walls boxed wall stretches as furniture: 7 for 6, and 1 for 3 on
+    # dense-floor; benchmarks/RESULTS.md)
+    assert abs(len(first["boxes"]) - len(scan.boxes)) <= 1
 
 
 def test_part_proposals_pick_the_vote_nearest_each_parts_mean():

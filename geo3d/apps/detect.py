@@ -25,7 +25,8 @@ make it so:
 Boxes then go through the model's per-class 3D NMS (IoU ``nms_iou``) and a
 class-agnostic duplicate suppression (:func:`~geo3d.ops.boxes.suppress_close_centres`:
 no two boxes whose centres are within half the higher-scoring box's larger
-horizontal size), and are kept above ``score_threshold`` (the value calibrated on
+horizontal size in plan: objects stand on the floor, so a box above another is the
+same object found in two pieces), and are kept above ``score_threshold`` (the value calibrated on
 validation scenes and kept in the checkpoint's config, else 0.5). Coordinates are
 used as given: metres, z up, as in training.
 """
@@ -169,7 +170,7 @@ def detect(
     res = model.decode(out, nms_iou=nms_iou, score_threshold=0.0)[0]
     boxes, scores, labels = res["boxes"].cpu().clone(), res["scores"].cpu(), res["labels"].cpu()
     if duplicate_fraction is not None and len(boxes):
-        keep = suppress_close_centres(boxes, scores, duplicate_fraction)
+        keep = suppress_close_centres(boxes, scores, duplicate_fraction, horizontal_only=True)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     keep = scores > threshold
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]

@@ -313,3 +313,16 @@ PROBE_SET: dict[str, dict] = {
         "walls": True,
     },
 }
+
+# Twelve further probe scans (seeds 100-111) for choosing between detector settings without tuning on
+# PROBE_SET: 3 to 6 objects, 1,000 to 5,000 points per object, 4 of them with walls.
+FURTHER_SCANS: dict[str, dict] = {
+    f"further-{100 + i}": {
+        "seed": 100 + i,
+        "num_objects": 3 + i % 4,
+        "floor_size": (6.0 + i % 3, 6.0 + (i // 3) % 2),
+        "object_points": (1000, 2000, 3500, 5000)[(i // 4 + i) % 4],
+        "walls": i % 3 == 2,
+    }
+    for i in range(12)
+}

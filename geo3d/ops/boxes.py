@@ -183,7 +183,11 @@ def nms_3d(boxes: Tensor, scores: Tensor, iou_threshold: float, labels: Tensor |
 
 
 def suppress_close_centres(
-    boxes: Tensor, scores: Tensor, fraction: float = 0.5, labels: Tensor | None = None
+    boxes: Tensor,
+    scores: Tensor,
+    fraction: float = 0.5,
+    labels: Tensor | None = None,
+    horizontal_only: bool = False,
 ) -> Tensor:
     """Greedy duplicate suppression by centre distance: one box per object even where IoU NMS keeps two.
 
@@ -192,7 +196,10 @@ def suppress_close_centres(
     by less than any usual threshold). Visiting boxes by decreasing score (ties:
     lower index), a box is dropped when its centre lies within ``fraction`` of
     a kept box's larger horizontal size (``max(dx, dy)``) of that kept box's centre,
-    in 3D; with ``labels``, only kept boxes of the same label count.
+    in 3D, or in plan (x, y) with ``horizontal_only``: for objects standing on a
+    floor, where a box above another is the same object found in two pieces (a
+    wardrobe as two stacked cabinets); with ``labels``, only kept boxes of the
+    same label count.
 
     Args:
         boxes: ``[K, 7]``; scores: ``[K]``; labels: optional ``[K]`` int.
@@ -203,6 +210,7 @@ def suppress_close_centres(
     order = torch.sort(scores.detach(), descending=True, stable=True).indices
     b = boxes.detach()[order].double()
     reach = fraction * b[:, 3:5].max(1).values  # [K], the kept (row) box's reach
-    d = ((b[:, None, :3] - b[None, :, :3]) ** 2).sum(-1).sqrt()
+    axes = 2 if horizontal_only else 3
+    d = ((b[:, None, :axes] - b[None, :, :axes]) ** 2).sum(-1).sqrt()
     over = d < reach[:, None]
     return _greedy_keep(order, over, labels)

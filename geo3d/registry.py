@@ -133,8 +133,8 @@ SHIPPED: dict[str, ShippedModel] = {
         "eqgat-qm9",
         "eqgat-qm9.pt",
         "molecule-generation",
-        "EQGAT-diff on QM9 with explicit H; ~21 CPU epochs, 32,452 steps of 64 molecules, the last 4,584 a second "
-        "warm restart with cosine decay (configs/eqgat_diff_qm9_cpu.yaml)",
+        "EQGAT-diff on QM9 with explicit H, self-conditioned; ~22 CPU epochs, 35,508 steps of 64 molecules, the "
+        "last 3,056 a cosine cycle with self-conditioning (configs/eqgat_diff_qm9_cpu.yaml)",
     ),
     "cu-emt": ShippedModel(
         "cu-emt",

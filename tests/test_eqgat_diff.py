@@ -235,6 +235,7 @@ def test_shipped_eqgat_qm9_loads_and_samples():
 
     model = geo3d.load_model("eqgat-qm9")
     assert model.geo3d_checkpoint["task"] == "molecule-generation"
+    assert model.config["self_condition"]  # shipped since issue 20: feeds each step its last prediction
     # QM9 has only H, C, N, O, F: the priors shipped in the config say so.
     atoms = torch.tensor(model.geo3d_checkpoint["config"]["priors"]["atoms"])
     assert set(atoms.nonzero().flatten().tolist()) == {0, 2, 3, 4, 5}

@@ -224,10 +224,18 @@ def main() -> None:
         "| boxes >= thr (scan / rotated) | recall@0.25 | thr | s/scan |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, overrides in VARIANTS:
-        if name in names:
-            label = name if paths[name] == SHIPPED[name].path else f"{name} ({paths[name].name})"
-            lines += probe_rows(label, paths[name], overrides)
+    # (label, checkpoint, overrides) of each row to measure
+    rows = [
+        (
+            name if paths[name] == SHIPPED[name].path else f"{name} ({paths[name].name})",
+            paths[name],
+            overrides,
+        )
+        for name, overrides in VARIANTS
+        if name in names
+    ]
+    for row in rows:
+        lines += probe_rows(*row)
     if args.further:
         lines += [
             "",
@@ -237,10 +245,7 @@ def main() -> None:
             "per scan | thr |",
             "|---|---|---|---|---|---|",
         ]
-        for name, overrides in VARIANTS:
-            if name in names:
-                label = name if paths[name] == SHIPPED[name].path else f"{name} ({paths[name].name})"
-                lines.append(further_row(label, paths[name], overrides))
+        lines += [further_row(*row) for row in rows]
     report = "\n".join(lines)
     print(report)
     if args.out:

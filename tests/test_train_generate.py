@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 import geo3d
 from geo3d.checkpoint import load_checkpoint
 from geo3d.cli import app
+from geo3d.registry import build_model
 from geo3d.data.molecules import ATOM_INDEX
+from geo3d.diffusion.schedules import cosine_alpha_bar
 from geo3d.diffusion.valence import max_valence
 from geo3d.train import ConfigError, load_config, make_task
 from geo3d.train.trainer import train
@@ -282,13 +284,18 @@ def test_warm_start_from_a_checkpoint(tmp_path, sdf_set, capsys):
     )
     cfg.model["denoiser"]["s_dim"] = 999  # ignored: the architecture comes from the checkpoint
     cfg.model["timestep_beta"] = 2.0  # used: the training objective comes from this config
+    nu = {"pos": 2.5, "atoms": 1.0, "charges": 1.0, "bonds": 1.0}  # so is the schedule (bonds 1.5 -> 1)
+    cfg.model["nu"] = nu
     train(make_task(cfg), cfg)
     printed = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert "model keys ['denoiser'] differ from it and are not used" in printed
-    assert "training with this config's ['timestep_beta']" in printed
+    assert "training with this config's ['nu', 'timestep_beta']" in printed
     warm = load_checkpoint(tmp_path / "warm" / "last.pt")
     assert "timestep_beta" not in init["config"]  # configs are stored as written
-    assert warm["config"] == {**init["config"], "timestep_beta": 2.0}
+    assert warm["config"] == {**init["config"], "timestep_beta": 2.0, "nu": nu}
+    # the fine-tuned model samples on the schedule it was trained on
+    model = build_model(warm["arch"], warm["config"])
+    assert torch.allclose(model.abar_bonds, cosine_alpha_bar(model.timesteps, 1.0))
     assert warm["extra"]["train_state"]["step"] == 1
     moved = max(
         (warm["extra"]["train_state"]["model"][k] - v).abs().max().item()

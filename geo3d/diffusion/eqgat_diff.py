@@ -62,8 +62,16 @@ class EQGATDiffusionConfig(ModelConfig):
     """EQGAT-diff: the denoiser (nested), the noise schedules, the loss weights and the priors."""
 
     arch: ClassVar[str] = "eqgat_diff"
-    # self_condition adds zero-initialised inputs (geo3d.models.eqgat), so a warm start may switch it on
-    training_keys: ClassVar[tuple[str, ...]] = ("loss_weights", "snr_clip", "timestep_beta", "self_condition")
+    # self_condition adds zero-initialised inputs (geo3d.models.eqgat), so a warm start may switch it on;
+    # nu (the noise schedules) is taken too, so a fine-tune can move the model onto a new schedule (the
+    # checkpoint it writes stores, and samples with, the schedule it was fine-tuned on)
+    training_keys: ClassVar[tuple[str, ...]] = (
+        "loss_weights",
+        "snr_clip",
+        "timestep_beta",
+        "self_condition",
+        "nu",
+    )
 
     denoiser: EQGATDenoiserConfig = Field(default_factory=dict)
     timesteps: PositiveInt = 500

@@ -48,9 +48,9 @@ class ModelConfig(BaseModel):
 
     ``arch`` names the architecture in messages; ``metadata`` lists keys the training task
     records in a checkpoint's config (training data options, the calibrated score threshold)
-    that the network accepts and ignores; ``training_keys`` lists keys that shape only the
-    training objective (loss weights, how training times are drawn), not the weights, so a
-    warm start (``train.init_from``) takes them from its own config, not the checkpoint's.
+    that the network accepts and ignores; ``training_keys`` lists keys that shape the training
+    objective (loss weights, how training times are drawn, noise schedules), not the weights' shapes,
+    so a warm start (``train.init_from``) takes them from its own config, not the checkpoint's.
     """
 
     model_config = ConfigDict(extra="forbid", validate_default=True, protected_namespaces=())

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 import geo3d
 from geo3d.checkpoint import load_checkpoint
 from geo3d.cli import app
-from geo3d.registry import build_model
 from geo3d.data.molecules import ATOM_INDEX
 from geo3d.diffusion.schedules import cosine_alpha_bar
 from geo3d.diffusion.valence import max_valence
+from geo3d.registry import build_model
 from geo3d.train import ConfigError, load_config, make_task
 from geo3d.train.trainer import train
 
